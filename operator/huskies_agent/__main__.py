@@ -1,0 +1,3 @@
+from huskies_agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""The ``huskies-agent`` command line.
+
+Each subcommand lives in its own module exposing ``configure(parser)`` and
+``run(args) -> int``; heavy imports happen inside ``run`` so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from huskies_agent import __version__
+
+#: subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "operator": ("huskies_agent.commands.operator_cmd", "run the operator (build node) against a cluster"),
+    "rendezvous": ("huskies_agent.commands.rendezvous_cmd", "serve a pipeline document at /crdt-sync"),
+    "stories": ("huskies_agent.commands.stories_cmd", "list and edit stories on a rendezvous"),
+    "run-story": ("huskies_agent.commands.run_story_cmd", "run one story (the build Job's entrypoint)"),
+    "demo": ("huskies_agent.commands.demo_cmd", "local demo: control plane, rendezvous, operator, a story"),
+    "crd": ("huskies_agent.commands.crd_cmd", "print the StoryJob CustomResourceDefinition"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="huskies-agent",
+        description="Kubernetes build capacity for a huskies story pipeline.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--log-format", choices=("json", "text"), default=None,
+                        help="log format (default: json when not a terminal)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("version", help="print the version")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # subcommand not built into this version
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "version":
+        print(__version__)
+        return 0
+    from huskies_agent.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    try:
+        result: int = args._run(args)
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

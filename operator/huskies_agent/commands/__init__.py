@@ -1,0 +1,1 @@
+"""Subcommands of the huskies-agent CLI (one module each)."""

@@ -1,0 +1,146 @@
+"""``huskies-agent operator``: run this install as one build node of the pipeline.
+
+Every replica serves probes and metrics and campaigns for the Lease; the holder syncs
+the pipeline, claims work and runs it. kopf runs standalone (no kopf peering).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+log = logging.getLogger("huskies_agent.operator")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="settings file (YAML); env HUSKIES_CONFIG")
+    parser.add_argument("--rendezvous", help="rendezvous URL (overrides HUSKIES_RENDEZVOUS_URL)")
+    parser.add_argument("--namespace", help="namespace for StoryJobs and Jobs (overrides settings)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import os
+
+    from huskies_agent.settings import Settings, SettingsError
+
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf and the API client both read it
+    try:
+        settings = Settings.load(args.config)
+        overrides: dict[str, Any] = {}
+        if args.rendezvous:
+            overrides["rendezvous_url"] = args.rendezvous
+        if args.namespace:
+            overrides["namespace"] = args.namespace
+        if overrides:
+            settings = dataclasses.replace(settings, **overrides)
+            settings.validate()
+        settings.require_rendezvous()
+    except SettingsError as exc:
+        log.error("invalid settings: %s", exc)
+        return 2
+    return asyncio.run(operate(settings))
+
+
+async def operate(settings: Any) -> int:
+    import kopf
+
+    from huskies_agent import health
+    from huskies_agent.engine import Engine
+    from huskies_agent.handlers import EngineSlot, build_registry
+    from huskies_agent.k8s.api import Kube, connect
+    from huskies_agent.leadership import LeaderElector, ensure_node_id
+    from huskies_agent.metrics import Metrics
+    from huskies_agent.pipeline.document import PipelineDoc
+    from huskies_agent.sync.client import RendezvousClient
+
+    log.info("starting", extra={"settings": settings.public_dict()})
+    api = await connect()
+    kube = Kube(api, settings.namespace)
+    node_id = await _retrying(lambda: ensure_node_id(kube, settings), "read the node identity")
+    log.info("node id %s, replica %s, namespace %s", node_id, settings.replica_id, settings.namespace)
+
+    metrics = Metrics()
+    slot = EngineSlot()
+    elector = LeaderElector(kube, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    def ready() -> bool:
+        return not elector.is_leader or (slot.engine is not None and slot.engine.active)
+
+    http = await health.serve(settings.metrics_host, settings.metrics_port, metrics, ready)
+
+    async def lead() -> None:
+        await elector.wait_leader()
+        metrics.leader.set(1)
+        doc = PipelineDoc()
+        client = RendezvousClient(
+            doc, settings.rendezvous_url, token=settings.rendezvous_token, max_size=settings.ws_max_size,
+            reconnect_min=settings.reconnect_min_seconds, reconnect_max=settings.reconnect_max_seconds,
+        )
+        client.on_state(lambda connected: metrics.connected.set(1 if connected else 0))
+        engine = Engine(settings, kube, doc, client, node_id, metrics)
+        async with client:
+            slot.engine = engine
+            try:
+                await engine.run()
+            finally:
+                slot.engine = None
+
+    registry = build_registry(settings, slot)
+    exit_code = 0
+    tasks = {
+        asyncio.create_task(elector.run(), name="lease"),
+        asyncio.create_task(lead(), name="engine"),
+        asyncio.create_task(
+            kopf.operator(registry=registry, standalone=True, namespaces=[settings.namespace],
+                          clusterwide=False, stop_flag=stop),
+            name="kopf"),
+        asyncio.create_task(stop.wait(), name="signal"),
+    }
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            name = task.get_name()
+            if name == "signal":
+                log.info("stopping on signal")
+            elif name == "lease":
+                log.error("leadership lost; exiting so this replica restarts as a standby")
+                exit_code = 1
+            elif task.exception() is not None:
+                log.error("%s stopped with an error", name, exc_info=task.exception())
+                exit_code = 1
+            else:
+                log.info("%s stopped", name)
+    finally:
+        stop.set()
+        for task in tasks:
+            if task.get_name() != "kopf":
+                task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
+        await elector.release()
+        await http.cleanup()
+        await kube.close()
+    return exit_code
+
+
+async def _retrying(make: Any, what: str) -> Any:
+    delay = 1.0
+    while True:
+        try:
+            return await make()
+        except Exception as exc:
+            log.warning("could not %s: %s; retrying in %.0fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)

@@ -1,0 +1,1 @@
+"""Kubernetes object names, labels and pure object builders (no API calls)."""

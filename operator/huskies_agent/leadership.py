@@ -1,0 +1,205 @@
+"""Node identity and leader election with a ``coordination.k8s.io/v1`` Lease.
+
+The Lease is the node's heartbeat inside the cluster and decides which replica of an
+install is active: only the holder claims and acts. Replicas run kopf standalone (kopf's
+own peering freezes operators of equal priority), so this module is the only election.
+
+The node id is the install's identity in the pipeline mesh. It lives in a ConfigMap so
+it survives restarts of every replica and the node recognises its own claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from huskies_agent.k8s.api import Kube, is_conflict
+from huskies_agent.k8s.naming import APP_NAME
+from huskies_agent.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _fmt(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(value: Any) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, str) and value:
+        try:
+            return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return None
+
+
+async def ensure_node_id(kube: Kube, settings: Settings) -> str:
+    """The install's node id: from settings, else the identity ConfigMap (created once)."""
+    if settings.node_id:
+        return settings.node_id
+    name = settings.identity_configmap
+    existing = await kube.get_configmap(name)
+    if existing is None:
+        node_id = f"{settings.cluster_name}-{secrets.token_hex(8)}"
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "labels": {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": settings.instance},
+            },
+            "data": {"node_id": node_id},
+        }
+        try:
+            existing = await kube.create_configmap(body)
+        except Exception as exc:
+            if not is_conflict(exc):
+                raise
+            existing = await kube.get_configmap(name)  # another replica won the race
+    node_id = str(((existing or {}).get("data") or {}).get("node_id") or "")
+    if not node_id:
+        raise RuntimeError(f"ConfigMap {name} has no data.node_id; delete it to mint a new identity")
+    return node_id
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseView:
+    holder: str
+    renewed: dt.datetime | None
+    duration: float
+    transitions: int
+
+    def expired(self, now: dt.datetime) -> bool:
+        return self.renewed is None or (now - self.renewed).total_seconds() > self.duration
+
+
+def read_lease(lease: dict[str, Any]) -> LeaseView:
+    spec = lease.get("spec") or {}
+    return LeaseView(
+        holder=str(spec.get("holderIdentity") or ""),
+        renewed=_parse(spec.get("renewTime")) or _parse(spec.get("acquireTime")),
+        duration=float(spec.get("leaseDurationSeconds") or 0),
+        transitions=int(spec.get("leaseTransitions") or 0),
+    )
+
+
+class LeaderElector:
+    """Acquire and renew the install's Lease; report gains and losses of leadership."""
+
+    def __init__(self, kube: Kube, settings: Settings, *, clock: Clock = _utcnow) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.identity = settings.replica_id
+        self.clock = clock
+        self.is_leader = False
+        self._became_leader = asyncio.Event()
+        self._lost = asyncio.Event()
+        self.last_renewed: dt.datetime | None = None
+
+    async def wait_leader(self) -> None:
+        await self._became_leader.wait()
+
+    async def wait_lost(self) -> None:
+        await self._lost.wait()
+
+    async def try_acquire_or_renew(self) -> bool:
+        """One round of the election; returns whether this replica holds the Lease."""
+        s = self.settings
+        now = self.clock()
+        lease = await self.kube.get_lease(s.lease_name)
+        spec = {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": int(max(1, round(s.lease_duration_seconds))),
+            "renewTime": _fmt(now),
+        }
+        if lease is None:
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": s.lease_name,
+                    "labels": {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": s.instance},
+                },
+                "spec": {**spec, "acquireTime": _fmt(now), "leaseTransitions": 0},
+            }
+            try:
+                await self.kube.create_lease(body)
+            except Exception as exc:
+                if is_conflict(exc):
+                    return False
+                raise
+            self.last_renewed = now
+            return True
+        view = read_lease(lease)
+        if view.holder != self.identity and not view.expired(now):
+            return False
+        new_spec = dict(lease.get("spec") or {})
+        new_spec.update(spec)
+        if view.holder != self.identity:
+            new_spec["acquireTime"] = _fmt(now)
+            new_spec["leaseTransitions"] = view.transitions + 1
+        body = {**lease, "spec": new_spec}
+        try:
+            await self.kube.replace_lease(s.lease_name, body)  # resourceVersion makes this conditional
+        except Exception as exc:
+            if is_conflict(exc):
+                return False
+            raise
+        self.last_renewed = now
+        return True
+
+    async def run(self) -> None:
+        """Campaign until leader, then renew; on losing the Lease set ``lost`` and return."""
+        s = self.settings
+        while True:
+            try:
+                held = await self.try_acquire_or_renew()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("lease %s: %s", s.lease_name, exc)
+                held = self.is_leader and self._renewal_still_valid()
+            if held and not self.is_leader:
+                log.info("became leader (lease %s held by %s)", s.lease_name, self.identity)
+                self.is_leader = True
+                self._became_leader.set()
+            elif not held and self.is_leader:
+                log.error("lost leadership of lease %s", s.lease_name)
+                self.is_leader = False
+                self._lost.set()
+                return
+            await asyncio.sleep(s.lease_renew_seconds if self.is_leader else s.lease_renew_seconds)
+
+    def _renewal_still_valid(self) -> bool:
+        if self.last_renewed is None:
+            return False
+        age = (self.clock() - self.last_renewed).total_seconds()
+        return age < self.settings.lease_duration_seconds
+
+    async def release(self) -> None:
+        """Give the Lease up on clean shutdown so a standby takes over at once."""
+        if not self.is_leader:
+            return
+        try:
+            lease = await self.kube.get_lease(self.settings.lease_name)
+            if lease and read_lease(lease).holder == self.identity:
+                spec = dict(lease.get("spec") or {})
+                spec["holderIdentity"] = ""
+                spec["renewTime"] = None
+                await self.kube.replace_lease(self.settings.lease_name, {**lease, "spec": spec})
+        except Exception as exc:
+            log.warning("could not release lease: %s", exc)
+        self.is_leader = False

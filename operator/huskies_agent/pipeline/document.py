@@ -1,0 +1,426 @@
+"""The pipeline CRDT document: the only module that touches pycrdt types.
+
+Layout of the shared document (schema version 1)::
+
+    meta   : Map   {"schema_version": 1}
+    items  : Map   story_id -> Map {story_id, name, stage, agent, retry_count,
+                                    blocked, depends_on, last_error,
+                                    claim: {"node", "epoch", "at"}}   # one atomic value
+    nodes  : Map   node_id  -> {"node_id", "address", "last_seen", "alive", "capacity"}
+
+Rules that keep replicas from silently losing data:
+
+* Only the author of a story (the huskies server or ``huskies-agent stories add``)
+  creates its nested ``Map``. Build nodes only write fields of an existing story, so
+  two nodes never race to create the same nested Map (one subtree would be lost).
+* A claim is one plain value, so concurrent claims converge to one whole winner,
+  the same on every replica.
+* A node writes only its own ``nodes`` entry, one key per transaction, so presence
+  updates do not grow the document.
+
+The class keeps a parsed projection (``stories``, ``nodes``) updated incrementally
+from CRDT events, so readers never walk the whole document on each change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pycrdt import Doc, Map, MapEvent, Subscription, TransactionEvent
+
+from huskies_agent.pipeline import stages
+from huskies_agent.pipeline.model import (
+    Claim,
+    MalformedEntry,
+    NodePresence,
+    Story,
+    parse_presence,
+    parse_story,
+)
+
+SCHEMA_VERSION = 1
+STORY_FIELDS = frozenset(
+    {"story_id", "name", "stage", "agent", "retry_count", "blocked", "depends_on", "last_error", "claim"}
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What one transaction changed: story ids (added, edited or removed) and node ids."""
+
+    stories: frozenset[str] = frozenset()
+    nodes: frozenset[str] = frozenset()
+    #: True when the change came from a remote peer rather than a local write.
+    remote: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.stories or self.nodes)
+
+
+Listener = Callable[[Changes], None]
+
+#: ``listener(update, remote)``: the binary (Yjs v1) update of one transaction and
+#: whether it was applied from a peer (origin :data:`REMOTE_ORIGIN`).
+UpdateListener = Callable[[bytes, bool], None]
+
+#: Transaction origin used for updates received from a peer.
+REMOTE_ORIGIN = "huskies-remote"
+
+
+class StoryNotFound(KeyError):
+    pass
+
+
+class PipelineDoc:
+    """Typed access to the replicated pipeline document."""
+
+    def __init__(self, doc: Doc[Any] | None = None) -> None:
+        self.doc: Doc[Any] = doc if doc is not None else Doc()
+        self._meta: Map[Any] = self.doc.get("meta", type=Map)
+        self._items: Map[Any] = self.doc.get("items", type=Map)
+        self._nodes: Map[Any] = self.doc.get("nodes", type=Map)
+        self._stories: dict[str, Story] = {}
+        self._malformed: dict[str, str] = {}
+        self._presence: dict[str, NodePresence] = {}
+        self._listeners: list[Listener] = []
+        self._update_listeners: list[UpdateListener] = []
+        self._doc_sub: Subscription | None = None
+        self._subs: list[Subscription] = [
+            self._items.observe_deep(self._on_items),
+            self._nodes.observe(self._on_nodes),
+        ]
+        self._refresh_all()
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def stories(self) -> Mapping[str, Story]:
+        """Every well-formed story, by id."""
+        return self._stories
+
+    @property
+    def malformed(self) -> Mapping[str, str]:
+        """Story keys that could not be parsed, with the reason."""
+        return self._malformed
+
+    @property
+    def nodes(self) -> Mapping[str, NodePresence]:
+        return self._presence
+
+    @property
+    def schema_version(self) -> int | None:
+        value = self._meta.get("schema_version")
+        return int(value) if isinstance(value, int | float) else None
+
+    def story(self, story_id: str) -> Story | None:
+        return self._stories.get(story_id)
+
+    def __len__(self) -> int:
+        return len(self._stories)
+
+    # ------------------------------------------------------------------ listening
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` after each transaction that changed stories or nodes.
+
+        Listeners run inside pycrdt's callback: they must not write to the document
+        (hand work to a queue instead). Returns a function that removes the listener.
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def observe_updates(self, listener: UpdateListener) -> Callable[[], None]:
+        """Call ``listener(update, remote)`` after each transaction that changed the document.
+
+        ``update`` is the transaction's binary update, ready to send to a peer or to
+        append to a log; ``remote`` is True for updates applied with
+        :meth:`apply_remote`. Transactions that changed nothing (e.g. a duplicate
+        remote update) are not reported. Like :meth:`add_listener`, the listener runs
+        inside pycrdt's callback: it must not touch the document. An exception it
+        raises is logged and swallowed. Returns a function that removes the listener.
+        """
+        self._update_listeners.append(listener)
+        if self._doc_sub is None:
+            self._doc_sub = self.doc.observe(self._on_transaction)
+
+        def remove() -> None:
+            if listener in self._update_listeners:
+                self._update_listeners.remove(listener)
+
+        return remove
+
+    def close(self) -> None:
+        """Detach observers (never call from inside a pycrdt callback)."""
+        if self._subs:
+            items_sub, nodes_sub = self._subs
+            self._items.unobserve(items_sub)
+            self._nodes.unobserve(nodes_sub)
+        self._subs = []
+        if self._doc_sub is not None:
+            self.doc.unobserve(self._doc_sub)
+            self._doc_sub = None
+        self._listeners.clear()
+        self._update_listeners.clear()
+
+    # ------------------------------------------------------------------ sync helpers
+    def state_vector(self) -> bytes:
+        return self.doc.get_state()
+
+    def encode_update(self, state_vector: bytes | None = None) -> bytes:
+        return self.doc.get_update(state_vector)
+
+    def apply_remote(self, update: bytes) -> None:
+        with self.doc.transaction(origin=REMOTE_ORIGIN):
+            self.doc.apply_update(update)
+
+    # ------------------------------------------------------------------ writing
+    def ensure_schema(self) -> None:
+        if self.schema_version is None:
+            self._meta["schema_version"] = SCHEMA_VERSION
+
+    def add_story(
+        self,
+        story_id: str,
+        *,
+        stage: str = stages.BACKLOG,
+        name: str = "",
+        agent: str = "",
+        depends_on: Iterable[str] = (),
+    ) -> Story:
+        """Create a story. Only a story's author calls this (see module docstring)."""
+        if not stages.is_stage(stage):
+            raise ValueError(f"unknown stage {stage!r}")
+        if story_id in self._items:
+            raise ValueError(f"story {story_id!r} already exists")
+        fields: dict[str, Any] = {
+            "story_id": story_id,
+            "name": name,
+            "stage": stage,
+            "agent": agent,
+            "retry_count": 0,
+            "blocked": False,
+            "depends_on": list(depends_on),
+        }
+        with self.doc.transaction():
+            self.ensure_schema()
+            self._items[story_id] = Map(fields)
+        story = self._stories.get(story_id)
+        assert story is not None
+        return story
+
+    def add_stories(self, entries: Iterable[Mapping[str, Any]]) -> int:
+        """Create many stories in one transaction (bulk import, tests and benchmarks)."""
+        count = 0
+        with self.doc.transaction():
+            self.ensure_schema()
+            for entry in entries:
+                story_id = str(entry["story_id"])
+                if story_id in self._items:
+                    continue
+                fields = {
+                    "story_id": story_id,
+                    "name": "",
+                    "agent": "",
+                    "retry_count": 0,
+                    "blocked": False,
+                    "depends_on": [],
+                }
+                fields.update(entry)
+                self._items[story_id] = Map(fields)
+                count += 1
+        return count
+
+    def put_raw(self, story_id: str, **fields: Any) -> None:
+        """Write raw fields of an existing story (also used to plant malformed data in tests)."""
+        item = self._item(story_id)
+        with self.doc.transaction():
+            for key, value in fields.items():
+                item[key] = value
+
+    def remove_story(self, story_id: str) -> None:
+        with self.doc.transaction():
+            if story_id in self._items:
+                del self._items[story_id]
+
+    def move(self, story_id: str, stage: str) -> None:
+        if not stages.is_stage(stage):
+            raise ValueError(f"unknown stage {stage!r}")
+        self._item(story_id)["stage"] = stage
+
+    def set_blocked(self, story_id: str, blocked: bool, *, reset_retries: bool = False) -> None:
+        item = self._item(story_id)
+        with self.doc.transaction():
+            item["blocked"] = blocked
+            if reset_retries:
+                item["retry_count"] = 0
+
+    def claim(self, story_id: str, node: str, now: float) -> Claim:
+        """Write ``node``'s claim with the next epoch. Returns the claim written."""
+        item = self._item(story_id)
+        current = self._stories.get(story_id)
+        epoch = (current.epoch if current else 0) + 1
+        claim = Claim(node=node, epoch=epoch, at=now)
+        item["claim"] = claim.to_raw()
+        return claim
+
+    def claim_many(self, story_ids: Iterable[str], node: str, now: float) -> dict[str, Claim]:
+        """Claim several stories in one transaction (one update on the wire)."""
+        claims: dict[str, Claim] = {}
+        with self.doc.transaction():
+            for story_id in story_ids:
+                claims[story_id] = self.claim(story_id, node, now)
+        return claims
+
+    def release(self, story_id: str, node: str, now: float) -> bool:
+        """Clear the claim if (as far as this replica knows) ``node`` holds it."""
+        story = self._stories.get(story_id)
+        if story is None or story.claimed_by != node:
+            return False
+        self._item(story_id)["claim"] = Claim(node="", epoch=story.epoch, at=now).to_raw()
+        return True
+
+    def release_dead(self, story_id: str, dead_node: str, now: float) -> bool:
+        """Clear a claim held by a node judged dead (work moves on)."""
+        story = self._stories.get(story_id)
+        if story is None or story.claimed_by != dead_node:
+            return False
+        self._item(story_id)["claim"] = Claim(node="", epoch=story.epoch, at=now).to_raw()
+        return True
+
+    def complete(self, story_id: str, node: str, epoch: int, now: float) -> str | None:
+        """Advance a story whose work succeeded and release the claim, in one transaction.
+
+        Only when ``node`` still holds the claim at ``epoch`` and the story is still in
+        an active stage. Returns the new stage, or ``None`` when nothing was written.
+        """
+        story = self._stories.get(story_id)
+        if story is None or story.claimed_by != node or story.epoch != epoch:
+            return None
+        if not stages.is_active(story.stage):
+            return None
+        new_stage = stages.next_stage(story.stage)
+        item = self._item(story_id)
+        with self.doc.transaction():
+            item["stage"] = new_stage
+            item["retry_count"] = 0
+            item["last_error"] = ""
+            item["claim"] = Claim(node="", epoch=epoch, at=now).to_raw()
+        return new_stage
+
+    def record_failure(
+        self, story_id: str, node: str, epoch: int, now: float, *, reason: str, max_retries: int
+    ) -> tuple[int, bool] | None:
+        """Count a failed attempt, release the claim and block after ``max_retries``.
+
+        Returns ``(retry_count, blocked)``, or ``None`` when ``node`` no longer holds
+        the claim at ``epoch`` (the failure is then not ours to count).
+        """
+        story = self._stories.get(story_id)
+        if story is None or story.claimed_by != node or story.epoch != epoch:
+            return None
+        retries = story.retry_count + 1
+        blocked = retries >= max_retries
+        item = self._item(story_id)
+        with self.doc.transaction():
+            item["retry_count"] = retries
+            item["last_error"] = reason[:500]
+            if blocked:
+                item["blocked"] = True
+            item["claim"] = Claim(node="", epoch=epoch, at=now).to_raw()
+        return retries, blocked
+
+    def put_presence(self, presence: NodePresence) -> None:
+        self._nodes[presence.node_id] = presence.to_raw()
+
+    # ------------------------------------------------------------------ internals
+    def _item(self, story_id: str) -> Map[Any]:
+        try:
+            item = self._items[story_id]
+        except KeyError:
+            raise StoryNotFound(story_id) from None
+        if not isinstance(item, Map):
+            raise MalformedEntry(f"story {story_id!r} is not a map")
+        return item
+
+    def _parse_into_projection(self, story_id: str) -> None:
+        raw = self._items.get(story_id)
+        self._stories.pop(story_id, None)
+        self._malformed.pop(story_id, None)
+        if raw is None:
+            return
+        try:
+            fields = raw.to_py() if isinstance(raw, Map) else raw
+            if not isinstance(fields, Mapping):
+                raise MalformedEntry(f"story {story_id!r} is not an object")
+            story = parse_story(story_id, fields)
+        except (MalformedEntry, TypeError, ValueError) as exc:
+            reason = str(exc)
+            if self._malformed.get(story_id) != reason:
+                log.warning("skipping malformed story %r: %s", story_id, reason)
+            self._malformed[story_id] = reason
+            return
+        self._stories[story_id] = story
+
+    def _parse_presence(self, node_id: str) -> None:
+        raw = self._nodes.get(node_id)
+        self._presence.pop(node_id, None)
+        if raw is None:
+            return
+        try:
+            self._presence[node_id] = parse_presence(node_id, raw)
+        except MalformedEntry as exc:
+            log.warning("skipping malformed node entry %r: %s", node_id, exc)
+
+    def _refresh_all(self) -> None:
+        for key in list(self._items.keys()):
+            self._parse_into_projection(key)
+        for key in list(self._nodes.keys()):
+            self._parse_presence(key)
+
+    def _on_items(self, events: list[Any]) -> None:
+        # Reading (not writing) the document is allowed inside this callback, and it
+        # receives every event of one transaction at once.
+        changed: set[str] = set()
+        remote = False
+        for event in events:
+            if not isinstance(event, MapEvent):
+                continue
+            remote = remote or event.transaction.origin == REMOTE_ORIGIN
+            path = list(getattr(event, "path", ()))
+            if path:
+                changed.add(str(path[0]))
+            else:
+                changed.update(str(k) for k in getattr(event, "keys", {}))
+        for story_id in changed:
+            self._parse_into_projection(story_id)
+        self._notify(Changes(stories=frozenset(changed), remote=remote))
+
+    def _on_nodes(self, event: Any) -> None:
+        changed = {str(k) for k in event.keys}
+        for node_id in changed:
+            self._parse_presence(node_id)
+        self._notify(Changes(nodes=frozenset(changed), remote=event.transaction.origin == REMOTE_ORIGIN))
+
+    def _on_transaction(self, event: TransactionEvent) -> None:
+        # Inside a document-level callback even reading the document raises, so only
+        # the event's own fields are used. The origin comes back as its hash.
+        update: bytes = event.update
+        origin = event.transaction.origin()  # type: ignore[attr-defined]
+        remote = origin is not None and origin == hash(REMOTE_ORIGIN)
+        for listener in list(self._update_listeners):
+            try:
+                listener(update, remote)
+            except Exception:  # a listener bug must not break the transaction
+                log.exception("document update listener failed")
+
+    def _notify(self, changes: Changes) -> None:
+        if not changes:
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(changes)
+            except Exception:  # a listener bug must not break replication
+                log.exception("pipeline listener failed")
