@@ -1,0 +1,36 @@
+# huskies-agent developer entry points. `make test` is the single command CI runs (.ci/run).
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test testbin lint venv run
+
+# The venv is (re)installed when pyproject.toml changes.
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+# Control-plane binaries (etcd, kube-apiserver, kcm, scheduler, kwok, helm) into ~/.cache; cheap when cached.
+testbin:
+	bash tools/testbin/build.sh
+
+test: venv testbin
+	$(VENV)/bin/pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# Placeholder (the operator's local demo will extend it): a local control plane until Ctrl-C.
+run: venv testbin
+	$(PY) -m huskies_agent.devcluster
