@@ -1,0 +1,216 @@
+"""Invariants of the Dockerfile, checked without a Docker engine.
+
+Pinned bases, both targets, non-root numeric users, entrypoints naming real
+subcommands, a pinned Claude Code CLI, no secrets, a whitelisting .dockerignore.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from huskies_agent.cli import COMMANDS
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|PRIVATE|CREDENTIAL|(^|_)KEY($|_)", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"sk-ant-|ghp_|github_pat_|glpat-|AKIA[0-9A-Z]{16}|-----BEGIN")
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    args: str
+
+
+@dataclass
+class Stage:
+    image: str
+    name: str
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+
+def logical_lines(text: str) -> list[str]:
+    lines: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if current and stripped.startswith("#"):
+            continue  # comment lines inside a continued instruction
+        if stripped.endswith("\\"):
+            current += stripped[:-1].rstrip() + " "
+            continue
+        lines.append(current + stripped)
+        current = ""
+    if current:
+        lines.append(current)
+    return lines
+
+
+def parse(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the build stages."""
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical_lines(text):
+        keyword, _, args = line.partition(" ")
+        keyword = keyword.upper()
+        args = args.strip()
+        if keyword == "FROM":
+            match = re.match(r"^(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?$", args, re.IGNORECASE)
+            assert match, f"unparsable FROM: {line}"
+            stages.append(Stage(match.group(1), match.group(2) or ""))
+        elif not stages:
+            assert keyword == "ARG", f"only ARG may precede the first FROM: {line}"
+            name, _, default = args.partition("=")
+            global_args[name] = default
+        else:
+            stages[-1].instructions.append(Instruction(keyword, args))
+    return global_args, stages
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> tuple[dict[str, str], list[Stage]]:
+    return parse(DOCKERFILE.read_text())
+
+
+def _stage(stages: list[Stage], name: str) -> Stage:
+    found = [s for s in stages if s.name == name]
+    assert len(found) == 1, f"expected exactly one stage named {name!r}"
+    return found[0]
+
+
+def _env_and_arg_names(stage: Stage) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for instr in stage.instructions:
+        if instr.keyword == "ARG":
+            name, _, value = instr.args.partition("=")
+            pairs.append((name.strip(), value.strip()))
+        elif instr.keyword == "ENV":
+            for match in re.finditer(r"(\w+)=(\"[^\"]*\"|\S*)", instr.args):
+                pairs.append((match.group(1), match.group(2)))
+    return pairs
+
+
+def test_every_base_image_is_pinned(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+    _args, stages = dockerfile
+    names: set[str] = set()
+    for stage in stages:
+        image = stage.image
+        if image in names:
+            continue  # built on an earlier stage
+        assert "$" not in image, f"FROM {image}: resolve the image without build args"
+        if "@sha256:" in image:
+            continue
+        repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+        assert tag, f"FROM {image}: no tag"
+        assert tag != "latest", f"FROM {image}: 'latest' is not a pin"
+        assert re.match(r"^\d+\.\d+\.\d+", tag), f"FROM {image}: tag {tag!r} is not a full version"
+        assert repo
+        names.add(stage.name)
+
+
+def test_both_targets_exist(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+    _args, stages = dockerfile
+    _stage(stages, "operator")
+    _stage(stages, "runner")
+
+
+@pytest.mark.parametrize(("target", "subcommand"), [("operator", "operator"), ("runner", "run-story")])
+def test_targets_run_as_numeric_non_root_users(
+    dockerfile: tuple[dict[str, str], list[Stage]], target: str, subcommand: str,
+) -> None:
+    _args, stages = dockerfile
+    stage = _stage(stages, target)
+    users = stage.all("USER")
+    assert users, f"stage {target} sets no USER"
+    user = users[-1].args
+    assert re.fullmatch(r"\d+(:\d+)?", user), f"USER {user!r} is not numeric"
+    assert all(int(part) != 0 for part in user.split(":")), "USER must not be root"
+    # USER comes after every RUN, so nothing runs as root at container start.
+    last_user = max(i for i, instr in enumerate(stage.instructions) if instr.keyword == "USER")
+    assert not any(instr.keyword == "RUN" for instr in stage.instructions[last_user:])
+
+
+@pytest.mark.parametrize(("target", "subcommand"), [("operator", "operator"), ("runner", "run-story")])
+def test_entrypoints_name_existing_subcommands(
+    dockerfile: tuple[dict[str, str], list[Stage]], target: str, subcommand: str,
+) -> None:
+    _args, stages = dockerfile
+    entrypoints = _stage(stages, target).all("ENTRYPOINT")
+    assert entrypoints, f"stage {target} has no ENTRYPOINT"
+    argv = json.loads(entrypoints[-1].args)  # exec form, so signals reach the process
+    assert isinstance(argv, list)
+    assert argv[0] == "huskies-agent"
+    assert argv[1] == subcommand
+    assert argv[1] in COMMANDS
+
+
+def test_claude_code_cli_is_pinned(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+    global_args, stages = dockerfile
+    text = DOCKERFILE.read_text()
+    specs = re.findall(r"@anthropic-ai/claude-code@([^\s\"']+)", text)
+    assert specs, "the Claude Code CLI is not installed"
+    for spec in specs:
+        var = re.fullmatch(r"\$\{?(\w+)\}?", spec)
+        version = global_args.get(var.group(1), "") if var else spec
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"claude-code version {spec!r} -> {version!r} is not pinned"
+
+
+def test_runner_has_git_ssh_node_and_claude(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+    _args, stages = dockerfile
+    runner = _stage(stages, "runner")
+    runs = " ".join(i.args for i in runner.all("RUN"))
+    for package in ("git", "openssh-client", "ca-certificates"):
+        assert re.search(rf"\b{re.escape(package)}\b", runs), f"runner does not install {package}"
+    copies = " ".join(i.args for i in runner.all("COPY"))
+    assert "/usr/local/bin/node" in copies and "/usr/local/bin/claude" in copies
+    claude_stage = next(s for s in stages if "claude-code" in " ".join(i.args for i in s.all("RUN")))
+    major = int(re.search(r":(\d+)\.", claude_stage.image).group(1))  # type: ignore[union-attr]
+    assert major >= 22, "Claude Code needs Node.js 22 or newer"
+
+
+def test_no_secrets_in_env_or_args(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+    global_args, stages = dockerfile
+    pairs = list(global_args.items())
+    for stage in stages:
+        pairs += _env_and_arg_names(stage)
+    assert pairs, "parser found no ENV/ARG at all"
+    for name, value in pairs:
+        assert not _SECRET_NAME.search(name), f"{name} looks like a secret; pass secrets at run time"
+        assert not _SECRET_VALUE.search(value), f"{name} holds what looks like a credential"
+    assert not _SECRET_VALUE.search(DOCKERFILE.read_text())
+
+
+def test_no_downloads_outside_package_managers(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+    _args, stages = dockerfile
+    for stage in stages:
+        assert not stage.all("ADD"), "use COPY; ADD can fetch URLs"
+        for run in stage.all("RUN"):
+            assert not re.search(r"\b(curl|wget)\b", run.args), f"download in RUN: {run.args[:80]}"
+
+
+def test_dockerignore_whitelists_the_context() -> None:
+    lines = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[0] == "*", ".dockerignore should exclude everything first"
+    assert "!operator" in lines and "!pyproject.toml" in lines
+    assert not any(line.startswith("!") and (".git" in line or ".venv" in line or "test" in line) for line in lines)
+
+
+def test_parser_handles_continuations() -> None:
+    global_args, stages = parse(
+        "ARG V=1.2.3\n# c\nFROM a:1.0.0 AS x\nRUN one \\\n  # inner comment\n  two\nUSER 5\n"
+    )
+    assert global_args == {"V": "1.2.3"}
+    assert [(i.keyword, i.args) for i in stages[0].instructions] == [("RUN", "one two"), ("USER", "5")]
