@@ -1,0 +1,180 @@
+{{/* Chart name, overridable. */}}
+{{- define "huskies-agent.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name prefix of every resource: the release name, plus the chart name when the
+release name does not already contain it. Kept to 52 characters so suffixes such as
+"-metrics" and "-build" still make valid names.
+*/}}
+{{- define "huskies-agent.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's `instance` setting: it names the leader Lease (<instance>-leader) and the
+identity ConfigMap (<instance>-identity) and labels every Job it creates. The Role grants
+get/update on exactly those names, so both come from this one helper.
+*/}}
+{{- define "huskies-agent.instance" -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "huskies-agent.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object the chart renders. */}}
+{{- define "huskies-agent.labels" -}}
+helm.sh/chart: {{ include "huskies-agent.chart" . }}
+app.kubernetes.io/name: {{ include "huskies-agent.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: huskies-agent
+{{- end }}
+
+{{/*
+Selector of the operator pods. The component label keeps it disjoint from the build pods,
+which carry the same name/instance labels with component=story-build.
+*/}}
+{{- define "huskies-agent.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "huskies-agent.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "huskies-agent.operatorLabels" -}}
+{{ include "huskies-agent.labels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "huskies-agent.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "huskies-agent.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "huskies-agent.buildServiceAccountName" -}}
+{{- if .Values.build.serviceAccount.create }}
+{{- default (printf "%s-build" (include "huskies-agent.fullname" .)) .Values.build.serviceAccount.name }}
+{{- else }}
+{{- .Values.build.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* repository[:tag][@digest] with the tag defaulting to the chart's appVersion. */}}
+{{- define "huskies-agent.imageRef" -}}
+{{- $img := index . 0 }}
+{{- $root := index . 1 }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $img.repository $img.digest }}
+{{- else }}
+{{- printf "%s:%s" $img.repository (default $root.Chart.AppVersion $img.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "huskies-agent.image" -}}
+{{- include "huskies-agent.imageRef" (list .Values.image .) }}
+{{- end }}
+
+{{- define "huskies-agent.runnerImage" -}}
+{{- include "huskies-agent.imageRef" (list .Values.build.image .) }}
+{{- end }}
+
+{{/*
+The operator settings file (huskies_agent.settings.Settings), values mapped to the
+snake_case keys settings.py defines. namespace and replica_id come from POD_NAMESPACE and
+POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
+*/}}
+{{- define "huskies-agent.settings" -}}
+{{- $b := .Values.build }}
+{{- $build := dict
+  "image" (include "huskies-agent.runnerImage" .)
+  "image_pull_policy" $b.image.pullPolicy
+  "image_pull_secrets" ($b.imagePullSecrets | default list)
+  "service_account" (include "huskies-agent.buildServiceAccountName" .)
+  "repo_url" $b.repoUrl
+  "base_branch" $b.baseBranch
+  "git_secret" $b.git.existingSecret
+  "anthropic_secret" $b.anthropic.existingSecret
+  "requests" ($b.resources.requests | default dict)
+  "limits" ($b.resources.limits | default dict)
+  "node_selector" ($b.nodeSelector | default dict)
+  "tolerations" ($b.tolerations | default list)
+  "affinity" ($b.affinity | default dict)
+  "priority_class_name" $b.priorityClassName
+  "active_deadline_seconds" $b.activeDeadlineSeconds
+  "ttl_seconds_after_finished" $b.ttlSecondsAfterFinished
+  "extra_env" ($b.extraEnv | default list)
+  "extra_volumes" ($b.extraVolumes | default list)
+  "extra_volume_mounts" ($b.extraVolumeMounts | default list)
+  "pod_annotations" ($b.podAnnotations | default dict)
+  "pod_labels" ($b.podLabels | default dict)
+  "model" $b.model
+  "max_turns" $b.maxTurns
+  "max_budget_usd" $b.maxBudgetUsd
+  "agent_timeout_seconds" $b.agentTimeoutSeconds
+  "protect_from_consolidation" $b.protectFromConsolidation
+}}
+{{- $settings := dict
+  "rendezvous_url" .Values.rendezvous.url
+  "cluster_name" .Values.clusterName
+  "instance" (include "huskies-agent.instance" .)
+  "node_id" .Values.nodeId
+  "advertise_address" .Values.advertiseAddress
+  "lease_duration_seconds" .Values.lease.durationSeconds
+  "lease_renew_seconds" .Values.lease.renewSeconds
+  "presence_interval_seconds" .Values.presenceIntervalSeconds
+  "claim_timeout_seconds" .Values.claimTimeoutSeconds
+  "max_concurrent" .Values.maxConcurrent
+  "max_retries" .Values.maxRetries
+  "resync_interval_seconds" .Values.resyncIntervalSeconds
+  "confirm_timeout_seconds" .Values.confirmTimeoutSeconds
+  "claim_settle_seconds" .Values.claimSettleSeconds
+  "finished_ttl_seconds" .Values.finishedTtlSeconds
+  "no_pod_timeout_seconds" .Values.noPodTimeoutSeconds
+  "image_pull_timeout_seconds" .Values.imagePullTimeoutSeconds
+  "pending_timeout_seconds" .Values.pendingTimeoutSeconds
+  "metrics_port" .Values.metrics.port
+  "metrics_host" .Values.metrics.host
+  "ws_max_size" .Values.websocket.maxSizeBytes
+  "reconnect_min_seconds" .Values.websocket.reconnectMinSeconds
+  "reconnect_max_seconds" .Values.websocket.reconnectMaxSeconds
+  "build" $build
+}}
+{{- $extra := deepCopy (.Values.extraConfig | default dict) }}
+{{- toYaml (mergeOverwrite $settings $extra) }}
+{{- end }}
+
+{{/* Port of the rendezvous URL: explicit, else 443 for wss and 80 for ws. */}}
+{{- define "huskies-agent.rendezvousPort" -}}
+{{- $u := urlParse .Values.rendezvous.url }}
+{{- $port := regexFind ":[0-9]+$" $u.host | trimPrefix ":" }}
+{{- if $port }}{{ $port }}{{ else if eq $u.scheme "wss" }}443{{ else }}80{{ end }}
+{{- end }}
+
+{{/* Cross-field checks the JSON schema cannot express (the operator repeats them at start). */}}
+{{- define "huskies-agent.validate" -}}
+{{- if not .Values.rendezvous.url }}
+{{- fail "rendezvous.url is required: the rendezvous WebSocket URL, e.g. --set rendezvous.url=wss://rendezvous.example.com/crdt-sync" }}
+{{- end }}
+{{- if ge (float64 .Values.lease.renewSeconds) (float64 .Values.lease.durationSeconds) }}
+{{- fail (printf "lease.renewSeconds (%v) must be shorter than lease.durationSeconds (%v)" .Values.lease.renewSeconds .Values.lease.durationSeconds) }}
+{{- end }}
+{{- if gt (float64 .Values.websocket.reconnectMinSeconds) (float64 .Values.websocket.reconnectMaxSeconds) }}
+{{- fail (printf "websocket.reconnectMinSeconds (%v) must not exceed websocket.reconnectMaxSeconds (%v)" .Values.websocket.reconnectMinSeconds .Values.websocket.reconnectMaxSeconds) }}
+{{- end }}
+{{- end }}
