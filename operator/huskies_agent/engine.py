@@ -26,6 +26,7 @@ from huskies_agent.metrics import Metrics
 from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.document import Changes, PipelineDoc
 from huskies_agent.pipeline.model import NodePresence, Story
+from huskies_agent.runner.result import ExitCode
 from huskies_agent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,14 +117,25 @@ class Engine:
         """Start (after this replica became leader) and run until cancelled."""
         self.write_presence()
         log.info("waiting for the first sync with the rendezvous")
+        sync_started = time.monotonic()
         while True:
             try:
                 await self.sync.wait_synced(timeout=30)
                 break
             except TimeoutError:
                 log.warning("rendezvous not synced yet (connected=%s); still waiting", self.sync.connected)
+        self.metrics.initial_sync.set(time.monotonic() - sync_started)
         self.metrics.doc_stories.set(len(self.doc.stories))
-        await self.adopt()
+        delay = 0.5
+        while True:
+            try:
+                await self.adopt()
+                break
+            except ApiException as exc:
+                # 429 "storage is (re)initializing", 5xx, a flaky network: try again.
+                log.warning("adoption failed (%s %s); retrying in %.1fs", exc.status, exc.reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
         self.active = True
         self._dirty.update(self.doc.stories)
         self._wake.set()
@@ -421,11 +433,18 @@ class Engine:
                 event_reason, warning = "Succeeded", False
                 message_text = f"story {sid} finished {run.spec.stage}" + (
                     f"; moved to {new_stage}" if new_stage else "; the claim was no longer ours")
-            elif disrupted:
+            elif exit_code == ExitCode.FENCED:
+                # A newer claim's run pushed first: this run was stale, not a failure of the story.
                 self.doc.release(sid, self.me, now)
-                status.update(phase="Failed", reason=f"disrupted ({disrupted}); released")
+                status.update(phase="Lost", reason="push fenced: a newer claim owns the branch")
+                event_reason, warning = "Fenced", True
+                message_text = f"story {sid}: push fenced by a newer claim; nothing counted"
+            elif disrupted or exit_code == ExitCode.TERMINATED:
+                why = disrupted or "runner terminated"
+                self.doc.release(sid, self.me, now)
+                status.update(phase="Failed", reason=f"disrupted ({why}); released")
                 event_reason, warning = "Disrupted", True
-                message_text = f"pod of story {sid} was disrupted ({disrupted}); claim released"
+                message_text = f"pod of story {sid} was disrupted ({why}); claim released"
             else:
                 why = str(result.get("error") or "") or objects.job_failure_reason(job)
                 if exit_code is not None:

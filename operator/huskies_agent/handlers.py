@@ -33,6 +33,12 @@ def build_registry(settings: Settings, slot: EngineSlot) -> kopf.OperatorRegistr
         "app.kubernetes.io/instance": settings.instance,
     }
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config.
+        info = kopf.login_with_service_account(**kwargs)
+        return info if info is not None else kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False  # the engine posts its own Events on StoryJobs

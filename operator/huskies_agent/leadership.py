@@ -83,7 +83,10 @@ class LeaseView:
     transitions: int
 
     def expired(self, now: dt.datetime) -> bool:
-        return self.renewed is None or (now - self.renewed).total_seconds() > self.duration
+        """Free to take: released (no holder), never renewed, or not renewed in time."""
+        if not self.holder or self.renewed is None:
+            return True
+        return (now - self.renewed).total_seconds() > self.duration
 
 
 def read_lease(lease: dict[str, Any]) -> LeaseView:

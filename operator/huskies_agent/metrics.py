@@ -24,6 +24,8 @@ class Metrics:
         self.connected = Gauge("huskies_rendezvous_connected", "1 while connected to the rendezvous",
                                registry=r)
         self.synced = Gauge("huskies_rendezvous_synced", "1 once the document is synced", registry=r)
+        self.initial_sync = Gauge("huskies_rendezvous_initial_sync_seconds",
+                                  "Time from engine start to the first full sync of the document", registry=r)
         self.leader = Gauge("huskies_leader", "1 while this replica holds the leader Lease", registry=r)
         self.doc_stories = Gauge("huskies_document_stories", "Stories in the pipeline document", registry=r)
         self.doc_malformed = Gauge("huskies_document_malformed", "Malformed story entries skipped",

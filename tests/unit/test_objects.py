@@ -39,8 +39,8 @@ def test_job_spec_contract():
     pod = spec["template"]["spec"]
     c = pod["containers"][0]
     assert c["command"] == ["huskies-agent", "run-story"]
-    assert c["args"] == ["--story-id", "42_feature", "--stage", "2_current", "--repo-url",
-                         "https://git.example/repo.git", "--base-branch", "main", "--epoch", "7", "--node", "node-1"]
+    assert c["args"] == ["--story-id=42_feature", "--stage=2_current", "--repo-url=https://git.example/repo.git",
+                         "--base-branch=main", "--epoch=7", "--node=node-1"]
     assert c["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
     assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["runAsNonRoot"]
     env = {e["name"]: e for e in c["env"]}

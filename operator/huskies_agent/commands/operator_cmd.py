@@ -110,18 +110,18 @@ async def operate(settings: Any) -> int:
     }
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            name = task.get_name()
-            if name == "signal":
-                log.info("stopping on signal")
-            elif name == "lease":
-                log.error("leadership lost; exiting so this replica restarts as a standby")
-                exit_code = 1
-            elif task.exception() is not None:
-                log.error("%s stopped with an error", name, exc_info=task.exception())
-                exit_code = 1
-            else:
-                log.info("%s stopped", name)
+        finished = {task.get_name(): task for task in done}
+        kopf_task = finished.get("kopf")
+        if stop.is_set() or (kopf_task is not None and kopf_task.exception() is None):
+            # A signal (ours or kopf's own handler): a clean shutdown, whatever else ended with it.
+            log.info("stopping on signal")
+        elif "lease" in finished:
+            log.error("leadership lost; exiting so this replica restarts as a standby")
+            exit_code = 1
+        else:
+            for name, task in finished.items():
+                log.error("%s stopped unexpectedly", name, exc_info=task.exception())
+            exit_code = 1
     finally:
         stop.set()
         for task in tasks:

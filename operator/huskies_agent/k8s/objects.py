@@ -77,14 +77,17 @@ def build_storyjob(settings: Settings, run: RunSpec) -> dict[str, Any]:
 
 
 def runner_args(settings: Settings, run: RunSpec) -> list[str]:
-    """The runner's command-line contract (see docs/runner.md)."""
+    """The runner's command-line contract (see docs/runner.md).
+
+    Options are passed as ``--flag=value`` so no value can ever be read as a flag.
+    """
     return [
-        "--story-id", run.story_id,
-        "--stage", run.stage,
-        "--repo-url", settings.build.repo_url,
-        "--base-branch", settings.build.base_branch,
-        "--epoch", str(run.epoch),
-        "--node", run.node,
+        f"--story-id={run.story_id}",
+        f"--stage={run.stage}",
+        f"--repo-url={settings.build.repo_url}",
+        f"--base-branch={settings.build.base_branch}",
+        f"--epoch={run.epoch}",
+        f"--node={run.node}",
     ]
 
 

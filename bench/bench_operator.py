@@ -1,0 +1,237 @@
+"""Operator benchmarks on the real control plane with a real rendezvous.
+
+    .venv/bin/python bench/bench_operator.py [--stories 100] [--burst 300] [--big 10000]
+
+Prints, with the machine it ran on:
+  * story enters 2_current -> its Job exists: p50/p99 over N stories, one at a time;
+  * claim lost to another node -> Job deleted: p50/p99 over N stories;
+  * burst of B stories at once -> B Jobs exist: wall time;
+  * a document of 10,000 stories: the operator's initial sync time, RSS and idle CPU.
+Times are measured from the benchmark's own write (confirmed by the rendezvous) to the
+Job's ADDED/DELETED watch event seen by the benchmark, so they include the sync hop,
+the claim confirmation round trip and both API writes. Loopback only; bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "operator"))
+
+from kubernetes_asyncio import watch  # noqa: E402
+
+from huskies_agent.commands.crd_cmd import crd_text  # noqa: E402
+from huskies_agent.devcluster import ControlPlane, find_testbin  # noqa: E402
+from huskies_agent.k8s.api import Kube, connect  # noqa: E402
+from huskies_agent.localrun import FAST, metrics_text, start_operator, start_rendezvous  # noqa: E402
+from huskies_agent.pipeline.document import PipelineDoc  # noqa: E402
+from huskies_agent.pipeline.model import NodePresence  # noqa: E402
+from huskies_agent.sync.client import RendezvousClient  # noqa: E402
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    system = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} cores{mem}, {system}"
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+class JobWatch:
+    """Records when each Job name was first ADDED and DELETED, as seen by a watch."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self.added: dict[str, float] = {}
+        self.deleted: dict[str, float] = {}
+        self.event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> JobWatch:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(0.5)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            w = watch.Watch()
+            async with w.stream(self.kube.batch.list_namespaced_job, self.kube.namespace, timeout_seconds=300) as s:
+                async for ev in s:
+                    now = time.monotonic()
+                    name = ev["object"].metadata.name
+                    story = (ev["object"].metadata.annotations or {}).get("huskies.dev/story-id", name)
+                    if ev["type"] == "ADDED":
+                        self.added.setdefault(story, now)
+                    elif ev["type"] == "DELETED":
+                        self.deleted.setdefault(story, now)
+                    self.event.set()
+
+    async def wait(self, pred: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            self.event.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("benchmark condition not reached")
+            try:
+                await asyncio.wait_for(self.event.wait(), left)
+            except TimeoutError:
+                pass
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(RSS MiB, CPU seconds) of a process."""
+    rss = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss, (int(fields[11]) + int(fields[12])) / ticks
+
+
+async def bench(args: argparse.Namespace) -> None:
+    print(f"machine: {machine()}")
+    run_dir = Path(tempfile.mkdtemp(prefix="huskies-bench-"))
+    plane = ControlPlane(find_testbin(build=True), run_dir / "cluster", tier="cluster", nodes=4)
+    plane.start()
+    logs = run_dir / "logs"
+    logs.mkdir()
+    procs = []
+    try:
+        plane.client.create_if_missing("/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                                       __import__("yaml").safe_load(crd_text()))
+        await asyncio.sleep(1)
+        ns = "bench"
+        plane.create_namespace(ns)
+        rv, url = start_rendezvous(logs)
+        procs.append(rv)
+        env = {**FAST, "HUSKIES_MAX_CONCURRENT": "1000", "HUSKIES_RESYNC_INTERVAL_SECONDS": "30",
+               "HUSKIES_PRESENCE_INTERVAL_SECONDS": "5",
+               "HUSKIES_BUILD_POD_ANNOTATIONS": json.dumps({"test.huskies/run-for": "1h"})}
+        op, port = start_operator("bench", kubeconfig=str(plane.kubeconfig_path), namespace=ns,
+                                  rendezvous=url, log_dir=logs, env=env)
+        procs.append(op)
+        api = await connect(str(plane.kubeconfig_path))
+        kube = Kube(api, ns)
+        doc = PipelineDoc()
+        async with RendezvousClient(doc, url) as client, JobWatch(kube) as jobs:
+            await client.wait_synced(timeout=30)
+            for _ in range(200):
+                if doc.nodes:
+                    break
+                await asyncio.sleep(0.1)
+            # 1. story -> Job latency, one story at a time
+            lat = []
+            for i in range(args.stories):
+                sid = f"{1000 + i}_latency"
+                doc.add_story(sid, stage="2_current")
+                t0 = time.monotonic()
+                await client.confirm(5)
+                await jobs.wait(lambda sid=sid: sid in jobs.added, 30)
+                lat.append(jobs.added[sid] - t0)
+            print(f"story in 2_current -> Job exists ({len(lat)} stories): p50 {pct(lat, 50) * 1000:.1f} ms, "
+                  f"p99 {pct(lat, 99) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms")
+            # 2. claim lost -> Job deleted
+            doc.put_presence(NodePresence(node_id="bench-rival", last_seen=time.time() + 3600, alive=True))
+            await client.confirm(5)
+            lost = []
+            for i in range(args.stories):
+                sid = f"{1000 + i}_latency"
+                doc.claim(sid, "bench-rival", time.time())
+                t0 = time.monotonic()
+                await client.confirm(5)
+                await jobs.wait(lambda sid=sid: sid in jobs.deleted, 30)
+                lost.append(jobs.deleted[sid] - t0)
+            print(f"claim lost -> Job deleted ({len(lost)} stories): p50 {pct(lost, 50) * 1000:.1f} ms, "
+                  f"p99 {pct(lost, 99) * 1000:.1f} ms, max {max(lost) * 1000:.1f} ms")
+            # 3. burst
+            ids = [f"{5000 + i}_burst" for i in range(args.burst)]
+            t0 = time.monotonic()
+            doc.add_stories([{"story_id": sid, "stage": "2_current"} for sid in ids])
+            await client.confirm(10)
+            await jobs.wait(lambda: all(s in jobs.added for s in ids), 120)
+            burst = max(jobs.added[s] for s in ids) - t0
+            print(f"burst of {args.burst} stories -> {args.burst} Jobs: {burst:.2f} s")
+        # 4. a big document: initial sync, RSS, idle CPU of a fresh operator
+        op.stop()
+        doc2 = PipelineDoc()
+        async with RendezvousClient(doc2, url) as client2:
+            await client2.wait_synced(timeout=30)
+            done = [{"story_id": f"{100000 + i}_archived_story", "stage": "6_archived" if i % 2 else "5_done",
+                     "name": f"Story number {i} with a realistic title"} for i in range(args.big)]
+            doc2.add_stories(done)
+            await client2.confirm(30)
+        print(f"document: {len(doc2.stories)} stories, {len(doc2.encode_update()) / 1024:.0f} KiB encoded")
+        op2, port2 = start_operator("bench-big", kubeconfig=str(plane.kubeconfig_path), namespace=ns,
+                                    rendezvous=url, log_dir=logs, env={**env, "HUSKIES_INSTANCE": "big"})
+        procs.append(op2)
+        sync_s = None
+        for _ in range(600):
+            try:
+                text = metrics_text(port2)
+            except OSError:
+                text = ""
+            for line in text.splitlines():
+                if line.startswith("huskies_rendezvous_initial_sync_seconds "):
+                    sync_s = float(line.split()[1])
+            if sync_s:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(5)  # let start-up settle
+        assert op2.proc is not None
+        rss0, cpu0 = proc_stats(op2.proc.pid)
+        await asyncio.sleep(args.idle)
+        rss1, cpu1 = proc_stats(op2.proc.pid)
+        print(f"operator with {args.big} stories: initial sync {sync_s * 1000 if sync_s else float('nan'):.0f} ms, "
+              f"RSS {rss1:.0f} MiB, idle CPU {(cpu1 - cpu0) / args.idle * 100:.2f} % over {args.idle:.0f} s")
+        await kube.close()
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        plane.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stories", type=int, default=100)
+    parser.add_argument("--burst", type=int, default=300)
+    parser.add_argument("--big", type=int, default=10_000)
+    parser.add_argument("--idle", type=float, default=30.0)
+    args = parser.parse_args()
+    asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Local processes of a huskies-agent setup: rendezvous and operator as child processes.
+
+Used by the local demo, the benchmarks and the integration tests; each process logs
+to a file and is stopped for sure (its whole process group) when done.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not ready after {timeout}s")
+        time.sleep(0.1)
+
+
+class Proc:
+    """A child process with its output in a log file, stopped for sure at the end."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+        log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            assert self.proc is not None
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.alive:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(5)
+            self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_rendezvous(log_dir: Path, port: int | None = None, db: Path | None = None) -> tuple[Proc, str]:
+    port = port or free_port()
+    db = db or log_dir / f"rendezvous-{port}.sqlite"
+    proc = Proc(f"rendezvous-{port}", [sys.executable, "-m", "huskies_agent", "--log-format", "text",
+                                       "rendezvous", "--host", "127.0.0.1", "--port", str(port), "--db", str(db)],
+                log_dir).start()
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return proc, f"ws://127.0.0.1:{port}/crdt-sync"
+
+
+#: Settings that make the operator react in test time rather than production time.
+FAST: dict[str, str] = {
+    "HUSKIES_LEASE_DURATION_SECONDS": "3",
+    "HUSKIES_LEASE_RENEW_SECONDS": "1",
+    "HUSKIES_PRESENCE_INTERVAL_SECONDS": "1",
+    "HUSKIES_RESYNC_INTERVAL_SECONDS": "1",
+    "HUSKIES_RECONNECT_MIN_SECONDS": "0.2",
+    "HUSKIES_RECONNECT_MAX_SECONDS": "1",
+    "HUSKIES_MAX_CONCURRENT": "50",
+    "HUSKIES_BUILD_REQUESTS": '{"cpu": "10m", "memory": "16Mi"}',
+    "HUSKIES_BUILD_LIMITS": "{}",
+    "HUSKIES_BUILD_IMAGE": "registry.invalid/huskies-agent-runner:test",
+    "HUSKIES_BUILD_REPO_URL": "git://127.0.0.1:1/repo.git",
+}
+
+
+def start_operator(
+    name: str, *, kubeconfig: str, namespace: str, rendezvous: str, log_dir: Path,
+    env: dict[str, str] | None = None,
+) -> tuple[Proc, int]:
+    port = free_port()
+    full_env = {
+        **FAST,
+        "KUBECONFIG": kubeconfig,
+        "HUSKIES_RENDEZVOUS_URL": rendezvous,
+        "HUSKIES_NAMESPACE": namespace,
+        "HUSKIES_METRICS_PORT": str(port),
+        "HUSKIES_METRICS_HOST": "127.0.0.1",
+        "HUSKIES_REPLICA_ID": f"{name}-replica",
+        "HUSKIES_CLUSTER_NAME": name,
+        **(env or {}),
+    }
+    proc = Proc(name, [sys.executable, "-m", "huskies_agent", "--log-format", "text", "--log-level", "DEBUG",
+                       "operator"], log_dir, full_env).start()
+    return proc, port
+
+
+def metrics_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        return str(resp.read().decode())
