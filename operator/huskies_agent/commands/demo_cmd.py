@@ -102,9 +102,10 @@ async def _demo(args: argparse.Namespace) -> int:
                 holder = (story.claimed_by or "-") if story else "-"
                 table = await asyncio.to_thread(_table, admin, namespace)
                 view = f"story {STORY_ID}: stage={stage} claimed_by={holder}\n$ kubectl get storyjobs\n{table}\n"
-                if view != last:
+                key = "\n".join(line.rsplit("   ", 1)[0] for line in view.splitlines())  # ignore AGE
+                if key != last:
                     print(view, flush=True)
-                    last = view
+                    last = key
                 if story is not None and story.stage == "3_qa" and not args.keep:
                     print("==> the story reached 3_qa: done", flush=True)
                     return 0
@@ -126,7 +127,9 @@ async def _wait_crd(admin: Any) -> None:
     for _ in range(100):
         crd = admin.get_or_none("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/storyjobs.huskies.dev")
         conds = ((crd or {}).get("status") or {}).get("conditions") or []
-        if any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
+        established = any(c.get("type") == "Established" and c.get("status") == "True" for c in conds)
+        # Established is not serving yet: a list answers 429 while the storage initializes.
+        if established and admin.raw("GET", "/apis/huskies.dev/v1alpha1/storyjobs")[0] == 200:
             return
         await asyncio.sleep(0.1)
     raise TimeoutError("the StoryJob CRD was not established")

@@ -1,0 +1,99 @@
+"""``huskies-agent rendezvous``: serve one pipeline document at ``/crdt-sync``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+from pathlib import Path
+
+log = logging.getLogger("huskies_agent.rendezvous")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=3001, help="port to listen on (default 3001)")
+    parser.add_argument(
+        "--db", type=Path, default=None,
+        help="SQLite file holding the document (created if missing); without it nothing is persisted",
+    )
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--token", default="", help="require 'Authorization: Bearer TOKEN' from clients")
+    auth.add_argument("--token-file", type=Path, default=None, help="read the required token from a file")
+    parser.add_argument(
+        "--max-size", type=int, default=64 * 2**20,
+        help="largest frame accepted from a client, in bytes (default 64 MiB)",
+    )
+    parser.add_argument(
+        "--compact-every", type=int, default=1000,
+        help="compact the stored updates into one snapshot after this many (default 1000)",
+    )
+    parser.add_argument(
+        "--compact-interval", type=float, default=60.0,
+        help="also compact every this many seconds when updates were stored (default 60)",
+    )
+    parser.add_argument("--tls-cert", type=Path, default=None, help="serve wss:// with this PEM certificate")
+    parser.add_argument("--tls-key", type=Path, default=None, help="private key of --tls-cert (PEM)")
+    parser.add_argument(
+        "--ping-interval", type=float, default=20.0,
+        help="seconds between keepalive pings; a client that misses one is dropped (0: off)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    token: str = args.token
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            log.error("cannot read the token file %s: %s", args.token_file, exc)
+            return 2
+        if not token:
+            log.error("the token file %s is empty", args.token_file)
+            return 2
+    if args.max_size < 1024:
+        log.error("--max-size must be at least 1024 bytes")
+        return 2
+    context: ssl.SSLContext | None = None
+    if args.tls_cert is not None or args.tls_key is not None:
+        if args.tls_cert is None:
+            log.error("--tls-key needs --tls-cert")
+            return 2
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("cannot load the TLS certificate %s: %s", args.tls_cert, exc)
+            return 2
+    try:
+        return asyncio.run(_serve(args, token, context))
+    except OSError as exc:
+        log.error("cannot serve on %s:%d: %s", args.host, args.port, exc)
+        return 1
+
+
+async def _serve(args: argparse.Namespace, token: str, context: ssl.SSLContext | None) -> int:
+    from huskies_agent.sync.server import RendezvousServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = RendezvousServer(
+        args.db,
+        host=args.host,
+        port=args.port,
+        token=token,
+        max_size=args.max_size,
+        ping_interval=args.ping_interval or None,
+        compact_every=args.compact_every,
+        compact_interval=args.compact_interval,
+        ssl_context=context,
+    )
+    async with server:
+        await stop.wait()
+        log.info("stopping the rendezvous (%d clients connected)", server.clients)
+    log.info("rendezvous stopped")
+    return 0
