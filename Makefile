@@ -31,6 +31,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# Placeholder (the operator's local demo will extend it): a local control plane until Ctrl-C.
+# The local demo: control plane + rendezvous + operator; a sample story goes 2_current -> 3_qa.
+# `make run ARGS=--keep` leaves everything running until Ctrl-C.
 run: venv testbin
-	$(PY) -m huskies_agent.devcluster
+	$(VENV)/bin/huskies-agent --log-format text demo $(ARGS)

@@ -288,6 +288,13 @@ class Engine:
                     if not is_conflict(exc):
                         raise
                     sj = await self.kube.get_storyjob(spec.name)
+                    earlier = (sj.get("status") or {}).get("phase")
+                    if earlier in FINAL_PHASES:
+                        # This claim already ran to the end (we crashed before the document
+                        # heard of it): apply its outcome instead of running the story again.
+                        self.runs.pop(sid, None)
+                        self._settle_finished_claim(spec, earlier)
+                        return
                 run.storyjob = sj
                 uid = (sj.get("metadata") or {}).get("uid")
                 try:
@@ -309,6 +316,15 @@ class Engine:
         # The claim may have been lost while we were creating objects.
         self._dirty.add(sid)
         self._wake.set()
+
+    def _settle_finished_claim(self, spec: objects.RunSpec, phase: str) -> None:
+        now = self.clock()
+        if phase == "Succeeded":
+            moved = self.doc.complete(spec.story_id, self.me, spec.epoch, now)
+            log.info("story %s: claim %d had already succeeded; moved to %s", spec.story_id, spec.epoch, moved)
+        else:
+            self.doc.release(spec.story_id, self.me, now)
+            log.info("story %s: claim %d had already ended %s; released", spec.story_id, spec.epoch, phase)
 
     async def _after_start(self, run: Run) -> None:
         assert run.storyjob is not None
@@ -512,6 +528,8 @@ class Engine:
         self.metrics.doc_stories.set(len(stories))
         self.metrics.doc_malformed.set(len(self.doc.malformed))
         self.cooldown = {k: v for k, v in self.cooldown.items() if v > now}
+        for sid in [k for k, lock in self._locks.items() if not lock.locked() and k not in self.runs]:
+            del self._locks[sid]
         # Work held by dead nodes: take it (reconcile below) or, without room, free it.
         dead = claims.dead_claims(stories.values(), me=self.me, nodes=self.doc.nodes, now=now,
                                   claim_timeout=self.settings.claim_timeout_seconds)

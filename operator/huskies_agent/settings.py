@@ -96,7 +96,7 @@ class Settings:
     #: A pod whose image cannot be pulled for this long fails the StoryJob.
     image_pull_timeout_seconds: float = 180.0
     #: A pod that stays unschedulable this long releases its claim (capacity-aware).
-    pending_timeout_seconds: float = 600.0
+    pending_timeout_seconds: float = 900.0
     metrics_port: int = 8080
     metrics_host: str = "0.0.0.0"
     ws_max_size: int = 64 * 1024 * 1024

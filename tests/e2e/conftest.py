@@ -32,9 +32,9 @@ def _failed(request: pytest.FixtureRequest) -> bool:
     return rep is None or rep.failed
 
 
-@pytest.fixture(scope="session")
-def storyjob_crd(cluster: ControlPlane) -> ControlPlane:
-    api = kconfig.new_client_from_config(str(cluster.kubeconfig_path))
+def apply_storyjob_crd(kubeconfig: str) -> None:
+    """Create the StoryJob CRD and wait until it is served (Established is not enough)."""
+    api = kconfig.new_client_from_config(kubeconfig)
     ext = kclient.ApiextensionsV1Api(api)
     body = yaml.safe_load(resources.files("huskies_agent").joinpath("crds/storyjobs.yaml").read_text())
     try:
@@ -42,22 +42,23 @@ def storyjob_crd(cluster: ControlPlane) -> ControlPlane:
     except kclient.ApiException as exc:
         if exc.status != 409:
             raise
+    custom = kclient.CustomObjectsApi(api)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        crd = ext.read_custom_resource_definition(body["metadata"]["name"])
-        if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
-            break
-        time.sleep(0.2)
-    custom = kclient.CustomObjectsApi(api)
-    while time.monotonic() < deadline:  # Established is not yet serving: 429 "storage is (re)initializing"
         try:
             custom.list_cluster_custom_object("huskies.dev", "v1alpha1", "storyjobs")
-            return cluster
+            return
         except kclient.ApiException as exc:
-            if exc.status != 429:
+            if exc.status not in (404, 429, 503):  # not yet established / storage initializing
                 raise
         time.sleep(0.2)
-    raise TimeoutError("StoryJob CRD not established")
+    raise TimeoutError("StoryJob CRD not served")
+
+
+@pytest.fixture(scope="session")
+def storyjob_crd(cluster: ControlPlane) -> ControlPlane:
+    apply_storyjob_crd(str(cluster.kubeconfig_path))
+    return cluster
 
 
 @pytest.fixture
