@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +28,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
-
-from kubernetes_asyncio import watch  # noqa: E402
 
 from huskies_agent.commands.crd_cmd import crd_text  # noqa: E402
 from huskies_agent.devcluster import ControlPlane, find_testbin  # noqa: E402
@@ -84,18 +83,17 @@ class JobWatch:
         self._task.cancel()
 
     async def _run(self) -> None:
+        path = f"/apis/batch/v1/namespaces/{self.kube.namespace}/jobs"
         while True:
-            w = watch.Watch()
-            async with w.stream(self.kube.batch.list_namespaced_job, self.kube.namespace, timeout_seconds=300) as s:
-                async for ev in s:
-                    now = time.monotonic()
-                    name = ev["object"].metadata.name
-                    story = (ev["object"].metadata.annotations or {}).get("huskies.dev/story-id", name)
-                    if ev["type"] == "ADDED":
-                        self.added.setdefault(story, now)
-                    elif ev["type"] == "DELETED":
-                        self.deleted.setdefault(story, now)
-                    self.event.set()
+            async for ev in self.kube.watch(path, {"timeoutSeconds": 300}):
+                now = time.monotonic()
+                meta = ev["object"]["metadata"]
+                story = (meta.get("annotations") or {}).get("huskies.dev/story-id", meta["name"])
+                if ev["type"] == "ADDED":
+                    self.added.setdefault(story, now)
+                elif ev["type"] == "DELETED":
+                    self.deleted.setdefault(story, now)
+                self.event.set()
 
     async def wait(self, pred: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -108,6 +106,16 @@ class JobWatch:
                 await asyncio.wait_for(self.event.wait(), left)
             except TimeoutError:
                 pass
+
+
+def runtime_python(run_dir: Path) -> str:
+    """A venv with only the package's runtime dependencies (what the operator image holds)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huskies-agent" / "bench-venv"
+    py = cache / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(cache)], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--upgrade", str(ROOT)], check=True)
+    return str(py)
 
 
 def proc_stats(pid: int) -> tuple[float, float]:
@@ -194,8 +202,12 @@ async def bench(args: argparse.Namespace) -> None:
             doc2.add_stories(done)
             await client2.confirm(30)
         print(f"document: {len(doc2.stories)} stories, {len(doc2.encode_update()) / 1024:.0f} KiB encoded")
+        # Production settings (no test-time shortcuts), INFO logs, and only the runtime
+        # dependencies installed (as in the image): what a real install would use.
         op2, port2 = start_operator("bench-big", kubeconfig=str(plane.kubeconfig_path), namespace=ns,
-                                    rendezvous=url, log_dir=logs, env={**env, "HUSKIES_INSTANCE": "big"})
+                                    rendezvous=url, log_dir=logs, fast=False, log_level="INFO",
+                                    python=runtime_python(run_dir),
+                                    env={"HUSKIES_INSTANCE": "big", "HUSKIES_BUILD_REPO_URL": "git://127.0.0.1:1/r"})
         procs.append(op2)
         sync_s = None
         for _ in range(600):

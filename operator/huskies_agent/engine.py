@@ -58,6 +58,10 @@ class Run:
     stuck_since: dict[str, float] = field(default_factory=dict)
     stuck_reason: str = ""
     finishing: bool = False
+    #: Status writes of one run are serialised and never go back: a late "Pending"
+    #: never overwrites "Running", nor either of them a final phase.
+    status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    written_rank: int = -1
 
 
 class Engine:
@@ -87,7 +91,9 @@ class Engine:
         self._wake = asyncio.Event()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Creating Jobs is the latency that matters; status patches and Events queue behind it.
         self._create_slots = asyncio.Semaphore(32)
+        self._followup_slots = asyncio.Semaphore(4)
         self._remove_listener = doc.add_listener(self._on_changes)
 
     # ------------------------------------------------------------------ wiring
@@ -328,12 +334,13 @@ class Engine:
 
     async def _after_start(self, run: Run) -> None:
         assert run.storyjob is not None
-        await self._patch_status(run.spec.name, {"phase": run.phase, "jobName": run.spec.name,
-                                                 "startedAt": _iso(self.clock())})
-        await self.kube.post_event(
-            run.storyjob, reason="Claimed",
-            message=f"node {self.me} claimed story {run.spec.story_id} ({run.spec.stage}, epoch "
-                    f"{run.spec.epoch}) and created job {run.spec.name}")
+        started = _iso(self.clock())
+        async with self._followup_slots:
+            await self._patch_run_status(run, {"phase": "Pending", "jobName": run.spec.name, "startedAt": started})
+            await self.kube.post_event(
+                run.storyjob, reason="Claimed",
+                message=f"node {self.me} claimed story {run.spec.story_id} ({run.spec.stage}, epoch "
+                        f"{run.spec.epoch}) and created job {run.spec.name}")
 
     # ------------------------------------------------------------------ stopping
     async def stop_run(self, sid: str, reason: str, *, phase: str = "Lost", seen: float | None = None,
@@ -359,7 +366,7 @@ class Engine:
                 self.cooldown[sid] = self.clock() + cooldown
             self.runs.pop(sid, None)
         log.warning("stopped story %s (job %s): %s", sid, run.spec.name, reason)
-        await self._patch_status(run.spec.name, {"phase": phase, "reason": reason[:300],
+        await self._patch_run_status(run, {"phase": phase, "reason": reason[:300],
                                                  "finishedAt": _iso(self.clock())})
         if run.storyjob:
             await self.kube.post_event(run.storyjob, reason="ClaimLost" if phase == "Lost" else phase,
@@ -393,7 +400,8 @@ class Engine:
             await self.finish_run(run, job, condition)
         elif ((job.get("status") or {}).get("active") or 0) > 0 and run.phase == "Pending":
             run.phase = "Running"
-            await self._patch_status(spec.name, {"phase": "Running"})
+            async with self._followup_slots:
+                await self._patch_run_status(run, {"phase": "Running", "jobName": spec.name})
 
     async def on_pod_event(self, event_type: str, pod: Mapping[str, Any]) -> None:
         if not self.active or event_type == "DELETED":
@@ -481,7 +489,7 @@ class Engine:
         confirmed = await self.sync.confirm(self.settings.confirm_timeout_seconds)
         if not confirmed:
             log.warning("rendezvous has not confirmed the result of %s yet; it syncs on reconnect", sid)
-        await self._patch_status(run.spec.name, status)
+        await self._patch_run_status(run, status)
         if run.storyjob:
             await self.kube.post_event(run.storyjob, reason=event_reason, message=message_text, warning=warning)
         self._after_capacity_change()
@@ -592,6 +600,15 @@ class Engine:
                 except ApiException as exc:
                     if not is_not_found(exc):
                         log.warning("could not delete storyjob %s: %s", sj["metadata"]["name"], exc.reason)
+
+    async def _patch_run_status(self, run: Run, status: Mapping[str, Any]) -> None:
+        phase = str(status.get("phase") or "")
+        rank = 2 if phase in FINAL_PHASES else {"Pending": 0, "Running": 1}.get(phase, 0)
+        async with run.status_lock:
+            if rank < run.written_rank or (rank == 2 and run.written_rank == 2):
+                return
+            run.written_rank = rank
+            await self._patch_status(run.spec.name, status)
 
     async def _patch_status(self, name: str, status: Mapping[str, Any], *, missing_ok: bool = True) -> None:
         try:

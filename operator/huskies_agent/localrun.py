@@ -112,11 +112,13 @@ FAST: dict[str, str] = {
 
 def start_operator(
     name: str, *, kubeconfig: str, namespace: str, rendezvous: str, log_dir: Path,
-    env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None, fast: bool = True, log_level: str = "DEBUG",
+    python: str = sys.executable,
 ) -> tuple[Proc, int]:
+    """Start ``huskies-agent operator``; ``fast`` applies the test-time settings in FAST."""
     port = free_port()
     full_env = {
-        **FAST,
+        **(FAST if fast else {}),
         "KUBECONFIG": kubeconfig,
         "HUSKIES_RENDEZVOUS_URL": rendezvous,
         "HUSKIES_NAMESPACE": namespace,
@@ -126,7 +128,7 @@ def start_operator(
         "HUSKIES_CLUSTER_NAME": name,
         **(env or {}),
     }
-    proc = Proc(name, [sys.executable, "-m", "huskies_agent", "--log-format", "text", "--log-level", "DEBUG",
+    proc = Proc(name, [python, "-m", "huskies_agent", "--log-format", "text", "--log-level", log_level,
                        "operator"], log_dir, full_env).start()
     return proc, port
 

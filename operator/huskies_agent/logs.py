@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -39,7 +40,8 @@ def setup_logging(level: str = "INFO", fmt: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Quiet chatty libraries unless asked for DEBUG.
-    if level.upper() != "DEBUG":
-        for name in ("websockets", "aiohttp.access", "kubernetes_asyncio"):
+    # Library chatter (every frame, every watch event) stays out unless asked for with
+    # HUSKIES_LIBRARY_DEBUG=1: at DEBUG it costs more CPU than the operator's own work.
+    if level.upper() != "DEBUG" or os.environ.get("HUSKIES_LIBRARY_DEBUG") != "1":
+        for name in ("websockets", "aiohttp.access"):
             logging.getLogger(name).setLevel(logging.WARNING)

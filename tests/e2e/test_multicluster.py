@@ -6,10 +6,10 @@ import collections
 import json
 
 import pytest
-
-from huskies_agent.devcluster import ControlPlane, find_testbin
 from tests.e2e.conftest import apply_storyjob_crd
 from tests.e2e.harness import eventually, flush, kube, pipeline
+
+from huskies_agent.devcluster import ControlPlane, find_testbin
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 

@@ -129,8 +129,7 @@ async def test_evicted_pod_hands_the_story_off_at_once(start_op, namespace_facto
         jobs = await eventually(lambda: k.list_jobs(""), 30, what="job")
         pods = await eventually(lambda: _running_pods(k, jobs[0]["metadata"]["name"]), 30, what="running pod")
         pod = pods[0]["metadata"]["name"]
-        await k.core.create_namespaced_pod_eviction(pod, ns, {
-            "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}})
+        await k.evict_pod(pod)
         started = time.monotonic()
         await eventually(lambda: not doc.story("600_evict").claimed_by or doc.story("600_evict").epoch > 1, 15,
                          what="claim released after eviction")

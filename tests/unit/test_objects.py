@@ -83,7 +83,8 @@ def test_status_readers():
     assert objects.parse_result("not json") == {}
     evicted = {"status": {"phase": "Failed", "reason": "Evicted"}}
     assert objects.pod_was_disrupted(evicted) == "Evicted"
-    target = {"status": {"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]}}
+    target = {"status": {"conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]}}
     assert objects.pod_was_disrupted(target) == "EvictionByEvictionAPI"
     pull = {"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}
     assert objects.pod_stuck_reason(pull)[0] == "image"

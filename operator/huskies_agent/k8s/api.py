@@ -1,23 +1,56 @@
 """The thin async edge to the Kubernetes API: only the calls the operator makes.
 
-Objects go in and come out as plain dicts (camelCase, as the API serves them).
+Plain JSON over aiohttp (already a kopf dependency): objects go in and come out as
+dicts exactly as the API serves them. A generated client library would add ~65 MB of
+imported models and per-object (de)serialisation cost for the dozen calls made here.
+
+Credentials: the pod's ServiceAccount (token re-read on every request, so rotated
+tokens keep working), else ``$KUBECONFIG``/``~/.kube/config`` (client certificates,
+bearer tokens, basic auth; exec/auth-provider plugins are not supported).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import logging
-from collections.abc import Mapping
+import os
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
+import aiohttp
+import yaml
 
 from huskies_agent.k8s import naming
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ApiException", "Kube", "connect", "is_conflict", "is_not_found"]
+__all__ = ["ApiException", "Connection", "Kube", "connect", "is_conflict", "is_not_found"]
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class ApiException(Exception):
+    """A non-2xx answer of the API server."""
+
+    def __init__(self, status: int, reason: str, body: str = "", method: str = "", path: str = "") -> None:
+        self.status = status
+        self.reason = reason
+        self.body = body
+        super().__init__(f"{method} {path}: {status} {reason}".strip())
+
+    @property
+    def message(self) -> str:
+        try:
+            return str(json.loads(self.body).get("message") or self.reason)
+        except (ValueError, AttributeError):
+            return self.reason
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -28,17 +61,86 @@ def is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, ApiException) and exc.status == 409
 
 
-async def connect(kubeconfig: str | None = None) -> client.ApiClient:
-    """An API client from ``kubeconfig``, ``$KUBECONFIG``/~/.kube/config, or in-cluster credentials."""
-    configuration = client.Configuration()
-    if kubeconfig:
-        await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+@dataclass
+class Connection:
+    server: str
+    session: aiohttp.ClientSession
+    ssl_context: ssl.SSLContext | bool
+    token: str | None = None
+    token_file: Path | None = None
+    basic: aiohttp.BasicAuth | None = None
+
+    def headers(self) -> dict[str, str]:
+        token = self.token
+        if self.token_file is not None:
+            try:
+                token = self.token_file.read_text().strip()
+            except OSError:
+                pass
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def _pem_file(data: str, suffix: str, directory: Path) -> str:
+    path = directory / suffix
+    path.write_bytes(base64.b64decode(data))
+    path.chmod(0o600)
+    return str(path)
+
+
+def _from_kubeconfig(path: str) -> tuple[str, ssl.SSLContext | bool, str | None, aiohttp.BasicAuth | None]:
+    config = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+    name = config.get("current-context")
+    if not name:
+        raise RuntimeError(f"{path}: no current-context")
+    by_name = {k: {i["name"]: i.get(k[:-1]) or {} for i in config.get(k) or []}
+               for k in ("contexts", "clusters", "users")}
+    context = by_name["contexts"][name]
+    cluster = by_name["clusters"][context["cluster"]]
+    user = by_name["users"].get(context.get("user"), {})
+    if "exec" in user or "auth-provider" in user:
+        raise RuntimeError(f"{path}: exec and auth-provider credentials are not supported")
+    base = Path(path).expanduser().resolve().parent
+    tmp = Path(tempfile.mkdtemp(prefix="huskies-kube-"))
+    if cluster.get("insecure-skip-tls-verify"):
+        ctx: ssl.SSLContext | bool = False
     else:
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            await config.load_kube_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
+        ctx = ssl.create_default_context()
+        if cluster.get("certificate-authority-data"):
+            ctx.load_verify_locations(cafile=_pem_file(cluster["certificate-authority-data"], "ca.crt", tmp))
+        elif cluster.get("certificate-authority"):
+            ctx.load_verify_locations(cafile=str(base / cluster["certificate-authority"]))
+    cert = user.get("client-certificate")
+    key = user.get("client-key")
+    if user.get("client-certificate-data"):
+        cert = _pem_file(user["client-certificate-data"], "client.crt", tmp)
+    if user.get("client-key-data"):
+        key = _pem_file(user["client-key-data"], "client.key", tmp)
+    if cert and key:
+        if not isinstance(ctx, ssl.SSLContext):
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        ctx.load_cert_chain(str(base / cert), str(base / key))
+    basic = aiohttp.BasicAuth(user["username"], user.get("password", "")) if user.get("username") else None
+    return str(cluster["server"]).rstrip("/"), ctx, user.get("token"), basic
+
+
+async def connect(kubeconfig: str | None = None) -> Connection:
+    """A connection from ``kubeconfig``, in-cluster credentials, or ``$KUBECONFIG``/~/.kube/config."""
+    session_kwargs: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=60, sock_connect=10)}
+    if kubeconfig is None and (SA_DIR / "token").exists() and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        host = os.environ["KUBERNETES_SERVICE_HOST"]
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        host = f"[{host}]" if ":" in host else host
+        sa_ctx = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
+        return Connection(f"https://{host}:{port}", aiohttp.ClientSession(**session_kwargs), sa_ctx,
+                          token_file=SA_DIR / "token")
+    path = kubeconfig or (os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or "~/.kube/config")
+    server, ctx, token, basic = _from_kubeconfig(path)
+    return Connection(server, aiohttp.ClientSession(**session_kwargs), ctx, token=token, basic=basic)
 
 
 def _now() -> str:
@@ -46,108 +148,147 @@ def _now() -> str:
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
-        self.api_client = api_client
-        self.namespace = namespace
-        self.core = client.CoreV1Api(api_client)
-        self.batch = client.BatchV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
-        self.coordination = client.CoordinationV1Api(api_client)
+    """The operator's API calls in one namespace."""
 
-    def _dict(self, obj: Any) -> dict[str, Any]:
-        if isinstance(obj, dict):
-            return obj
-        data = self.api_client.sanitize_for_serialization(obj)
-        assert isinstance(data, dict)
-        return data
+    def __init__(self, connection: Connection, namespace: str) -> None:
+        self.connection = connection
+        self.namespace = namespace
+        ns = quote(namespace, safe="")
+        self._storyjobs = f"/apis/{naming.GROUP}/{naming.VERSION}/namespaces/{ns}/{naming.PLURAL}"
+        self._jobs = f"/apis/batch/v1/namespaces/{ns}/jobs"
+        self._pods = f"/api/v1/namespaces/{ns}/pods"
+        self._leases = f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+        self._configmaps = f"/api/v1/namespaces/{ns}/configmaps"
+        self._events = f"/api/v1/namespaces/{ns}/events"
 
     async def close(self) -> None:
-        await self.api_client.close()
+        await self.connection.close()
+
+    # ------------------------------------------------------------------ transport
+    async def request(
+        self, method: str, path: str, body: Any = None, *, params: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """One API call; the decoded JSON answer, or :class:`ApiException`."""
+        c = self.connection
+        url = c.server + path + (("?" + urlencode(params)) if params else "")
+        headers = {"Accept": "application/json", **c.headers()}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        async with c.session.request(method, url, data=data, headers=headers, ssl=c.ssl_context,
+                                     auth=c.basic) as resp:
+            text = await resp.text()
+            if resp.status >= 300:
+                raise ApiException(resp.status, resp.reason or "", text, method, path)
+            return json.loads(text) if text else None
+
+    async def watch(self, path: str, params: Mapping[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Stream watch events (``{"type", "object"}``) until the server ends the watch."""
+        c = self.connection
+        query = {"watch": "true", **(params or {})}
+        url = c.server + path + "?" + urlencode(query)
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
+        async with c.session.get(url, headers=c.headers(), ssl=c.ssl_context, auth=c.basic,
+                                 timeout=timeout) as resp:
+            if resp.status >= 300:
+                raise ApiException(resp.status, resp.reason or "", await resp.text(), "WATCH", path)
+            async for line in resp.content:
+                if line.strip():
+                    yield json.loads(line)
 
     # ------------------------------------------------------------------ StoryJobs
     async def create_storyjob(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        return self._dict(await self.custom.create_namespaced_custom_object(
-            naming.GROUP, naming.VERSION, self.namespace, naming.PLURAL, dict(body)))
+        result: dict[str, Any] = await self.request("POST", self._storyjobs, body)
+        return result
 
     async def get_storyjob(self, name: str) -> dict[str, Any]:
-        return self._dict(await self.custom.get_namespaced_custom_object(
-            naming.GROUP, naming.VERSION, self.namespace, naming.PLURAL, name))
+        result: dict[str, Any] = await self.request("GET", f"{self._storyjobs}/{name}")
+        return result
 
     async def list_storyjobs(self, selector: str) -> list[dict[str, Any]]:
-        data = await self.custom.list_namespaced_custom_object(
-            naming.GROUP, naming.VERSION, self.namespace, naming.PLURAL, label_selector=selector)
-        return list(self._dict(data).get("items", []))
+        data = await self.request("GET", self._storyjobs, params={"labelSelector": selector} if selector else None)
+        return list(data.get("items") or [])
 
     async def patch_storyjob_status(self, name: str, status: Mapping[str, Any]) -> None:
-        await self.custom.patch_namespaced_custom_object_status(
-            naming.GROUP, naming.VERSION, self.namespace, naming.PLURAL, name, {"status": dict(status)},
-            _content_type="application/merge-patch+json")
+        await self.request("PATCH", f"{self._storyjobs}/{name}/status", {"status": dict(status)},
+                           content_type="application/merge-patch+json")
 
     async def delete_storyjob(self, name: str) -> None:
-        await self.custom.delete_namespaced_custom_object(
-            naming.GROUP, naming.VERSION, self.namespace, naming.PLURAL, name,
-            propagation_policy="Background")
+        await self.request("DELETE", f"{self._storyjobs}/{name}", {"propagationPolicy": "Background"})
 
     # ------------------------------------------------------------------ Jobs and pods
     async def create_job(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        return self._dict(await self.batch.create_namespaced_job(self.namespace, dict(body)))
+        result: dict[str, Any] = await self.request("POST", self._jobs, body)
+        return result
 
     async def get_job(self, name: str) -> dict[str, Any]:
-        return self._dict(await self.batch.read_namespaced_job(name, self.namespace))
+        result: dict[str, Any] = await self.request("GET", f"{self._jobs}/{name}")
+        return result
 
     async def list_jobs(self, selector: str) -> list[dict[str, Any]]:
-        data = self._dict(await self.batch.list_namespaced_job(self.namespace, label_selector=selector))
-        return list(data.get("items", []))
+        data = await self.request("GET", self._jobs, params={"labelSelector": selector} if selector else None)
+        return list(data.get("items") or [])
 
     async def delete_job(self, name: str, *, pod_grace_seconds: int = 5) -> bool:
         """Delete a Job and its pods now; False when it was already gone."""
         gone = False
         try:
-            await self.batch.delete_namespaced_job(
-                name, self.namespace, propagation_policy="Background")
+            await self.request("DELETE", f"{self._jobs}/{name}", {"propagationPolicy": "Background"})
         except ApiException as exc:
             if exc.status != 404:
                 raise
             gone = True
         # Do not wait for the garbage collector: stop the pods at once.
         try:
-            await self.core.delete_collection_namespaced_pod(
-                self.namespace, label_selector=f"job-name={name}", grace_period_seconds=pod_grace_seconds)
+            await self.request("DELETE", self._pods, {"gracePeriodSeconds": pod_grace_seconds},
+                               params={"labelSelector": f"job-name={name}"})
         except ApiException as exc:
             if exc.status != 404:
-                log.warning("could not delete pods of job %s: %s", name, exc.reason)
+                log.warning("could not delete pods of job %s: %s", name, exc.message)
         return not gone
 
     async def list_pods(self, selector: str) -> list[dict[str, Any]]:
-        data = self._dict(await self.core.list_namespaced_pod(self.namespace, label_selector=selector))
-        return list(data.get("items", []))
+        data = await self.request("GET", self._pods, params={"labelSelector": selector} if selector else None)
+        return list(data.get("items") or [])
+
+    async def evict_pod(self, name: str) -> None:
+        await self.request("POST", f"{self._pods}/{name}/eviction", {
+            "apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": name, "namespace": self.namespace}})
 
     # ------------------------------------------------------------------ Leases
     async def get_lease(self, name: str) -> dict[str, Any] | None:
         try:
-            return self._dict(await self.coordination.read_namespaced_lease(name, self.namespace))
+            result: dict[str, Any] = await self.request("GET", f"{self._leases}/{name}")
+            return result
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
     async def create_lease(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        return self._dict(await self.coordination.create_namespaced_lease(self.namespace, dict(body)))
+        result: dict[str, Any] = await self.request("POST", self._leases, body)
+        return result
 
     async def replace_lease(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return self._dict(await self.coordination.replace_namespaced_lease(name, self.namespace, dict(body)))
+        result: dict[str, Any] = await self.request("PUT", f"{self._leases}/{name}", body)
+        return result
 
     # ------------------------------------------------------------------ ConfigMaps
     async def get_configmap(self, name: str) -> dict[str, Any] | None:
         try:
-            return self._dict(await self.core.read_namespaced_config_map(name, self.namespace))
+            result: dict[str, Any] = await self.request("GET", f"{self._configmaps}/{name}")
+            return result
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
     async def create_configmap(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        return self._dict(await self.core.create_namespaced_config_map(self.namespace, dict(body)))
+        result: dict[str, Any] = await self.request("POST", self._configmaps, body)
+        return result
 
     # ------------------------------------------------------------------ Events
     async def post_event(
@@ -179,6 +320,6 @@ class Kube:
             "count": 1,
         }
         try:
-            await self.core.create_namespaced_event(self.namespace, body)
+            await self.request("POST", self._events, body)
         except Exception as exc:  # events are informational only
             log.debug("could not post event %s on %s: %s", reason, name, exc)
