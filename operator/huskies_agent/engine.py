@@ -12,6 +12,7 @@ Kubernetes watch events reach the engine through the kopf handlers in ``handlers
 from __future__ import annotations
 
 import asyncio
+import calendar
 import logging
 import time
 from collections import defaultdict
@@ -632,6 +633,6 @@ def _parse_iso(value: Any) -> float | None:
     if not isinstance(value, str):
         return None
     try:
-        return float(time.mktime(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ"))) - time.timezone
+        return float(calendar.timegm(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ")))
     except ValueError:
         return None

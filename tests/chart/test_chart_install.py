@@ -506,3 +506,47 @@ def test_operator_process_runs_as_the_service_account(install: Install, sa_kubec
     assert not denied, "\n".join(denied[:20])
     # it released the Lease on SIGTERM, so a standby would take over at once
     assert not coordination.read_namespaced_lease(f"{RELEASE}-leader", NS).spec.holder_identity
+
+
+async def test_operator_completes_a_story_with_only_the_charts_rbac(
+    cluster: Any, install: Install, sa_kubeconfig: Path, tmp_path: Path
+) -> None:
+    """The whole loop under the chart's ServiceAccount: claim, StoryJob, Job, pod, completion.
+
+    Asks for the ``cluster`` tier so Jobs really run (controllers, scheduler, kwok)."""
+    import json
+
+    from kubernetes import client
+
+    from huskies_agent.localrun import start_operator, start_rendezvous
+    from tests.e2e.harness import eventually, flush, kube, pipeline
+
+    assert install.plane is cluster
+    core = client.CoreV1Api(install.api)
+    config = tmp_path / "config.yaml"
+    config.write_text(core.read_namespaced_config_map(f"{RELEASE}-config", NS).data["config.yaml"])
+    try:
+        client.CoordinationV1Api(install.api).delete_namespaced_lease(f"{RELEASE}-leader", NS)
+    except client.ApiException as exc:
+        assert exc.status == 404
+    rendezvous, url = start_rendezvous(tmp_path)
+    operator, _ = start_operator(
+        "chart-rbac", kubeconfig=str(sa_kubeconfig), namespace=NS, rendezvous=url, log_dir=tmp_path,
+        env={"HUSKIES_CONFIG": str(config), "POD_NAME": f"{RELEASE}-story-test", "POD_NAMESPACE": NS,
+             "HUSKIES_INSTANCE": RELEASE, "HUSKIES_REPLICA_ID": f"{RELEASE}-story-test",
+             "HUSKIES_BUILD_POD_ANNOTATIONS": json.dumps({"test.huskies/run-for": "500ms"})})
+    try:
+        async with pipeline(url) as doc, kube(str(install.kubeconfig), NS) as k:
+            doc.add_story("901_rbac_story", stage="2_current")
+            await flush(doc)
+            await eventually(lambda: doc.story("901_rbac_story").stage != "2_current", 90,
+                             what="the story to leave 2_current")
+            sjs = [sj for sj in await k.list_storyjobs("") if sj["spec"]["storyId"] == "901_rbac_story"]
+            first = next(sj for sj in sjs if sj["spec"]["stage"] == "2_current")
+            assert first["status"]["phase"] == "Succeeded"
+    finally:
+        operator.stop()
+        rendezvous.stop()
+    log = operator.log()
+    denied = [line for line in log.splitlines() if " 403 " in line or "Forbidden" in line]
+    assert not denied, "\n".join(denied[:20])

@@ -150,3 +150,59 @@ async def _gone(k, name):
 async def _phase(k, name, phase):
     sj = await k.get_storyjob(name)
     return (sj.get("status") or {}).get("phase") == phase
+
+
+async def test_archived_or_removed_story_leaves_nothing_running(start_op, namespace_factory, rendezvous, cluster):
+    ns = namespace_factory()
+    start_op("archivist", ns, env={"HUSKIES_BUILD_POD_ANNOTATIONS": json.dumps({"test.huskies/run-for": "1h"})})
+    async with pipeline(rendezvous) as doc, kube(str(cluster.kubeconfig_path), ns) as k:
+        doc.add_stories([{"story_id": "20_archived", "stage": "2_current"},
+                         {"story_id": "21_removed", "stage": "2_current"}])
+        await flush(doc)
+        await eventually(lambda: _count_jobs(k, 2), 30, what="two jobs")
+        doc.move("20_archived", "6_archived")
+        doc.remove_story("21_removed")
+        await flush(doc)
+        await eventually(lambda: _count_jobs(k, 0, exact=True), 10, what="jobs deleted")
+        sjs = await k.list_storyjobs("")
+        await eventually(lambda: _all_phase(k, "Cancelled"), 10, what="storyjobs cancelled")
+        assert len(sjs) == 2
+
+
+async def test_finished_storyjobs_are_cleaned_up_after_their_ttl(start_op, namespace_factory, rendezvous, cluster):
+    ns = namespace_factory()
+    start_op("janitor", ns, env={"HUSKIES_FINISHED_TTL_SECONDS": "3"})
+    async with pipeline(rendezvous) as doc, kube(str(cluster.kubeconfig_path), ns) as k:
+        doc.add_story("30_done_soon", stage="4_merge")
+        await flush(doc)
+        await eventually(lambda: doc.story("30_done_soon").stage == "5_done", 60, what="story done")
+        assert len(await k.list_storyjobs("")) == 1
+        await eventually(lambda: _count_storyjobs(k, 0), 30, what="finished storyjob deleted after its ttl")
+
+
+async def test_unpullable_image_fails_the_storyjob_and_releases(start_op, namespace_factory, rendezvous, cluster):
+    ns = namespace_factory()
+    start_op("puller", ns, env={"HUSKIES_BUILD_IMAGE": "registry.invalid/unpullable:1",
+                                "HUSKIES_IMAGE_PULL_TIMEOUT_SECONDS": "2"})
+    async with pipeline(rendezvous) as doc, kube(str(cluster.kubeconfig_path), ns) as k:
+        doc.add_story("40_bad_image", stage="2_current")
+        await flush(doc)
+        sj = await eventually(lambda: _first(k, "Failed"), 60, what="storyjob failed")
+        assert "ImagePull" in sj["status"]["reason"] or "ErrImagePull" in sj["status"]["reason"]
+        await eventually(lambda: not doc.story("40_bad_image").claimed_by, 10, what="claim released")
+        assert doc.story("40_bad_image").retry_count == 0
+        assert await k.list_jobs("") == []
+
+
+async def _count_jobs(k, n, exact=False):
+    jobs = await k.list_jobs("")
+    return len(jobs) == n if exact else len(jobs) >= n
+
+
+async def _count_storyjobs(k, n):
+    return len(await k.list_storyjobs("")) == n
+
+
+async def _all_phase(k, phase):
+    sjs = await k.list_storyjobs("")
+    return sjs and all((sj.get("status") or {}).get("phase") == phase for sj in sjs)
