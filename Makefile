@@ -24,12 +24,19 @@ venv: $(STAMP)
 testbin:
 	bash tools/testbin/build.sh
 
-test: venv testbin
+test: venv testbin lint
 	$(VENV)/bin/pytest
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# Opt-in autoscaling tier (not part of `make test`): builds Karpenter's kwok provider into ~/.cache
+# (tools/testbin-optional/build-karpenter.sh, ~5 min cold) and runs tests/autoscale against it.
+.PHONY: test-autoscale
+test-autoscale: venv testbin
+	bash tools/testbin-optional/build-karpenter.sh
+	HUSKIES_TEST_AUTOSCALER=1 $(VENV)/bin/pytest tests/autoscale -s $(ARGS)
 
 # The local demo: control plane + rendezvous + operator; a sample story goes 2_current -> 3_qa.
 # `make run ARGS=--keep` leaves everything running until Ctrl-C.

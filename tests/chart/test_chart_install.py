@@ -517,9 +517,9 @@ async def test_operator_completes_a_story_with_only_the_charts_rbac(
     import json
 
     from kubernetes import client
+    from tests.e2e.harness import eventually, flush, kube, pipeline
 
     from huskies_agent.localrun import start_operator, start_rendezvous
-    from tests.e2e.harness import eventually, flush, kube, pipeline
 
     assert install.plane is cluster
     core = client.CoreV1Api(install.api)
