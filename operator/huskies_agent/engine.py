@@ -544,7 +544,7 @@ class Engine:
                                   claim_timeout=self.settings.claim_timeout_seconds)
         room = self.settings.max_concurrent - self.busy
         for story in dead[max(0, room):]:
-            if self.doc.release_dead(story.story_id, story.claimed_by, now):
+            if self.doc.release(story.story_id, story.claimed_by, now):
                 log.info("released story %s held by dead node %s", story.story_id, story.claimed_by)
                 self.metrics.claims.labels("released").inc()
         self._dirty.update(stories)

@@ -62,6 +62,14 @@ async def kube(kubeconfig: str, namespace: str) -> AsyncIterator[Kube]:
         await k.close()
 
 
+async def first_storyjob(k: Kube, phase: str) -> dict[str, Any] | None:
+    """The first StoryJob in ``phase``, or None."""
+    for sj in await k.list_storyjobs(""):
+        if (sj.get("status") or {}).get("phase") == phase:
+            return sj
+    return None
+
+
 def dump(*procs: Proc) -> str:
     return "\n".join(f"===== {p.name} =====\n{p.log()[-20000:]}" for p in procs)
 
@@ -70,5 +78,5 @@ def table(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, indent=1)
 
 
-__all__ = ["FAST", "Proc", "dump", "eventually", "flush", "free_port", "kube", "metrics_text", "pipeline",
-           "pretend_node", "start_operator", "start_rendezvous", "table", "wait_http"]
+__all__ = ["FAST", "Proc", "dump", "eventually", "first_storyjob", "flush", "free_port", "kube", "metrics_text",
+           "pipeline", "pretend_node", "start_operator", "start_rendezvous", "table", "wait_http"]

@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from tests.e2e.harness import eventually, flush, kube, metrics_text, pipeline, pretend_node
+from tests.e2e.harness import eventually, first_storyjob, flush, kube, metrics_text, pipeline, pretend_node
 
 from huskies_agent.k8s import naming
 
@@ -84,16 +84,10 @@ async def test_fenced_push_is_not_counted_as_a_failure(start_op, namespace_facto
     async with pipeline(rendezvous) as doc, kube(str(cluster.kubeconfig_path), ns) as k:
         doc.add_story("8_fenced", stage="2_current")
         await flush(doc)
-        sj = await eventually(lambda: _first(k, "Lost"), 60, what="storyjob marked Lost")
+        sj = await eventually(lambda: first_storyjob(k, "Lost"), 60, what="storyjob marked Lost")
         assert "fenced" in sj["status"]["reason"]
         assert doc.story("8_fenced").retry_count == 0 and not doc.story("8_fenced").blocked
 
-
-async def _first(k, phase):
-    for sj in await k.list_storyjobs(""):
-        if (sj.get("status") or {}).get("phase") == phase:
-            return sj
-    return None
 
 
 async def test_lost_claim_deletes_job_at_once(start_op, namespace_factory, rendezvous, cluster):
@@ -187,7 +181,7 @@ async def test_unpullable_image_fails_the_storyjob_and_releases(start_op, namesp
     async with pipeline(rendezvous) as doc, kube(str(cluster.kubeconfig_path), ns) as k:
         doc.add_story("40_bad_image", stage="2_current")
         await flush(doc)
-        sj = await eventually(lambda: _first(k, "Failed"), 60, what="storyjob failed")
+        sj = await eventually(lambda: first_storyjob(k, "Failed"), 60, what="storyjob failed")
         assert "ImagePull" in sj["status"]["reason"] or "ErrImagePull" in sj["status"]["reason"]
         await eventually(lambda: not doc.story("40_bad_image").claimed_by, 10, what="claim released")
         assert doc.story("40_bad_image").retry_count == 0

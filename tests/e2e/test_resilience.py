@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from tests.e2e.harness import eventually, flush, kube, metrics_text, pipeline
+from tests.e2e.harness import eventually, first_storyjob, flush, kube, metrics_text, pipeline
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -95,7 +95,7 @@ async def test_job_without_pod_is_not_held(start_op, namespace_factory, rendezvo
     async with pipeline(rendezvous) as doc, kube(str(cluster.kubeconfig_path), ns) as k:
         doc.add_story("400_stuck", stage="2_current")
         await flush(doc)
-        sj = await eventually(lambda: _first_with_phase(k, "Failed"), 60, what="storyjob failed")
+        sj = await eventually(lambda: first_storyjob(k, "Failed"), 60, what="storyjob failed")
         assert "no pod" in sj["status"]["reason"]
         await eventually(lambda: not doc.story("400_stuck").claimed_by, 10, what="claim released")
         assert doc.story("400_stuck").retry_count == 0  # infrastructure trouble is not the story's failure
@@ -110,7 +110,7 @@ async def test_unschedulable_pod_releases_claim_after_pending_timeout(
     async with pipeline(rendezvous) as doc, kube(str(cluster.kubeconfig_path), ns) as k:
         doc.add_story("500_huge", stage="2_current")
         await flush(doc)
-        sj = await eventually(lambda: _first_with_phase(k, "Failed"), 60, what="storyjob failed")
+        sj = await eventually(lambda: first_storyjob(k, "Failed"), 60, what="storyjob failed")
         assert "Insufficient cpu" in sj["status"]["reason"] or "nschedulable" in sj["status"]["reason"]
         await eventually(lambda: not doc.story("500_huge").claimed_by, 10, what="claim released")
         await asyncio.sleep(1.5)
@@ -140,12 +140,6 @@ async def test_evicted_pod_hands_the_story_off_at_once(start_op, namespace_facto
 async def _count(coro, n):
     return len(await coro) >= n
 
-
-async def _first_with_phase(k, phase):
-    for sj in await k.list_storyjobs(""):
-        if (sj.get("status") or {}).get("phase") == phase:
-            return sj
-    return None
 
 
 async def _running_pods(k, job_name):

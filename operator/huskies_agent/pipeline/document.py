@@ -280,17 +280,12 @@ class PipelineDoc:
         return claims
 
     def release(self, story_id: str, node: str, now: float) -> bool:
-        """Clear the claim if (as far as this replica knows) ``node`` holds it."""
+        """Clear the claim if (as far as this replica knows) ``node`` holds it.
+
+        ``node`` is this node for its own claims, or a dead node whose work moves on.
+        """
         story = self._stories.get(story_id)
         if story is None or story.claimed_by != node:
-            return False
-        self._item(story_id)["claim"] = Claim(node="", epoch=story.epoch, at=now).to_raw()
-        return True
-
-    def release_dead(self, story_id: str, dead_node: str, now: float) -> bool:
-        """Clear a claim held by a node judged dead (work moves on)."""
-        story = self._stories.get(story_id)
-        if story is None or story.claimed_by != dead_node:
             return False
         self._item(story_id)["claim"] = Claim(node="", epoch=story.epoch, at=now).to_raw()
         return True
