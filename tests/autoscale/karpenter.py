@@ -218,6 +218,18 @@ def unix_get(sock: Path, path: str, timeout: float = 3.0) -> tuple[int, str] | N
         conn.close()
 
 
+_SOCK_ROOT = "/tmp"
+_SOCK_PREFIX = "hk-karp-"
+
+
+def sweep_stale_sock_dirs() -> None:
+    """Remove socket directories whose owner (pid in the name) is gone (it was killed outright)."""
+    for d in Path(_SOCK_ROOT).glob(f"{_SOCK_PREFIX}*-*"):
+        pid = d.name[len(_SOCK_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+
+
 class KarpenterKwok:
     """``karpenter-kwok`` as a child process in its own network namespace; see the module doc."""
 
@@ -268,7 +280,8 @@ class KarpenterKwok:
             raise KarpenterError("`unshare` (util-linux) is needed to give Karpenter its own network namespace")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Unix socket paths must stay under 108 bytes, so they live in a short directory.
-        self.sock_dir = Path(tempfile.mkdtemp(prefix="hk-karp-", dir="/tmp"))
+        sweep_stale_sock_dirs()
+        self.sock_dir = Path(tempfile.mkdtemp(prefix=f"{_SOCK_PREFIX}{os.getpid()}-", dir=_SOCK_ROOT))
         self._write_kubeconfig()
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig_path)}
         host, port = "127.0.0.1", self.plane.server_url.rsplit(":", 1)[1]

@@ -21,7 +21,7 @@ BIN_NAME="karpenter-kwok"
 step() { echo "testbin-optional: $*" >&2; }
 fail() { echo "testbin-optional: BUILD FAILED at step: $1" >&2; exit 1; }
 
-command -v go >/dev/null || fail "find the go toolchain (install Go >= 1.24.6)"
+need_go() { command -v go >/dev/null || fail "find the go toolchain (install Go >= 1.24.6)"; }
 [ -f "$MOD/go.mod" ] && [ -f "$MOD/go.sum" ] || fail "find $MOD/go.mod and go.sum"
 
 VERSION="$(awk '$1=="sigs.k8s.io/karpenter" {print $2; exit}' "$MOD/go.mod")"
@@ -36,6 +36,7 @@ export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 
 if [ ! -x "$OUT/$BIN_NAME" ]; then
+    need_go
     step "downloading sigs.k8s.io/karpenter $VERSION and its dependencies"
     (cd "$MOD" && go mod download) || fail "go mod download in tools/testbin-optional/karpenter"
     step "building sigs.k8s.io/karpenter/kwok $VERSION (slow: ~5 min cold on 2 cores)"
@@ -46,6 +47,7 @@ if [ ! -x "$OUT/$BIN_NAME" ]; then
 fi
 
 if [ ! -d "$OUT/crds" ]; then
+    need_go
     step "copying Karpenter's CRDs from the module"
     src="$(cd "$MOD" && go list -m -f '{{.Dir}}' sigs.k8s.io/karpenter)" \
         || fail "locate sigs.k8s.io/karpenter $VERSION in the module cache"
