@@ -221,13 +221,20 @@ async def bench(args: argparse.Namespace) -> None:
             if sync_s:
                 break
             await asyncio.sleep(0.1)
-        await asyncio.sleep(5)  # let start-up settle
+        await asyncio.sleep(args.settle)  # let start-up (kopf's first listing of pods and Jobs) settle
         assert op2.proc is not None
-        rss0, cpu0 = proc_stats(op2.proc.pid)
-        await asyncio.sleep(args.idle)
-        rss1, cpu1 = proc_stats(op2.proc.pid)
+        samples = []
+        rss1, cpu_prev = proc_stats(op2.proc.pid)
+        cpu0 = cpu_prev
+        windows = max(1, int(args.idle // 10))
+        for _ in range(windows):
+            await asyncio.sleep(args.idle / windows)
+            rss1, cpu_now = proc_stats(op2.proc.pid)
+            samples.append((cpu_now - cpu_prev) / (args.idle / windows) * 100)
+            cpu_prev = cpu_now
         print(f"operator with {args.big} stories: initial sync {sync_s * 1000 if sync_s else float('nan'):.0f} ms, "
-              f"RSS {rss1:.0f} MiB, idle CPU {(cpu1 - cpu0) / args.idle * 100:.2f} % over {args.idle:.0f} s")
+              f"RSS {rss1:.0f} MiB, idle CPU {(cpu_prev - cpu0) / args.idle * 100:.2f} % over {args.idle:.0f} s "
+              f"(per window: {', '.join(f'{x:.1f}' for x in samples)} %)")
         await kube.close()
     finally:
         for p in reversed(procs):
@@ -240,7 +247,8 @@ def main() -> None:
     parser.add_argument("--stories", type=int, default=100)
     parser.add_argument("--burst", type=int, default=300)
     parser.add_argument("--big", type=int, default=10_000)
-    parser.add_argument("--idle", type=float, default=30.0)
+    parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle CPU measurement")
+    parser.add_argument("--settle", type=float, default=20.0, help="seconds to wait after the initial sync")
     args = parser.parse_args()
     asyncio.run(bench(args))
 
