@@ -138,9 +138,9 @@ class Engine:
             try:
                 await self.adopt()
                 break
-            except ApiException as exc:
+            except Exception as exc:
                 # 429 "storage is (re)initializing", 5xx, a flaky network: try again.
-                log.warning("adoption failed (%s %s); retrying in %.1fs", exc.status, exc.reason, delay)
+                log.warning("adoption failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 15.0)
         self.active = True
@@ -204,8 +204,10 @@ class Engine:
                 own = claims.check_ownership(story, me=self.me, epoch=run.spec.epoch, stage=run.spec.stage)
                 if not own.keep and not run.finishing:
                     lost_phase = "Cancelled" if story is None or story.stage in stages.FINISHED_STAGES else "Lost"
-                    self._spawn(self.stop_run(sid, own.reason, phase=lost_phase, seen=time.monotonic()),
-                                f"stop:{sid}")
+                    # Still ours but moved or finished by someone else: free the claim as well.
+                    ours = story is not None and story.claimed_by == self.me
+                    self._spawn(self.stop_run(sid, own.reason, phase=lost_phase, seen=time.monotonic(),
+                                              release=ours), f"stop:{sid}")
                 continue
             if story is None or sid in self.claiming:
                 continue
@@ -233,16 +235,27 @@ class Engine:
     async def _claim_batch(self, chosen: list[Story], seen: float) -> None:
         ids = [s.story_id for s in chosen]
         try:
+            # The decision was made a loop turn ago: updates applied since (a live node's
+            # fresh claim, a removal) must win. No await between this check and the write.
+            now = self.clock()
+            chosen = [
+                current for s in chosen
+                if (current := self.doc.story(s.story_id)) is not None
+                and claims.decide(current, me=self.me, stories=self.doc.stories, nodes=self.doc.nodes, now=now,
+                                  claim_timeout=self.settings.claim_timeout_seconds).wants_claim
+            ]
+            if not chosen:
+                return
             for s in chosen:
                 if s.claimed_by:
                     log.info("taking over story %s from dead node %s", s.story_id, s.claimed_by)
                     self.metrics.claims.labels("taken_over").inc()
-            written = self.doc.claim_many(ids, self.me, self.clock())
+            written = self.doc.claim_many([s.story_id for s in chosen], self.me, now)
             confirmed = await self.sync.confirm(self.settings.confirm_timeout_seconds)
             if not confirmed:
                 log.warning("rendezvous did not confirm claims of %d stories; releasing them", len(ids))
-                self.metrics.claims.labels("unconfirmed").inc(len(ids))
-                for sid in ids:
+                self.metrics.claims.labels("unconfirmed").inc(len(written))
+                for sid in written:
                     self.doc.release(sid, self.me, self.clock())
                 return
             if self.settings.claim_settle_seconds:
@@ -313,10 +326,17 @@ class Engine:
                 run.job_created = True
                 self.metrics.claim_to_job.observe(time.monotonic() - seen)
             except Exception as exc:
+                # Quota, a bad build setting (4xx) or a flaky API: give the story back, and
+                # for a 4xx do not try it here again soon (others may have room).
                 log.error("could not start story %s: %s", sid, exc)
                 self.runs.pop(sid, None)
                 self.doc.release(sid, self.me, self.clock())
-                self.cooldown[sid] = self.clock() + 30
+                client_error = isinstance(exc, ApiException) and 400 <= exc.status < 500
+                self.cooldown[sid] = self.clock() + (self.settings.pending_timeout_seconds if client_error else 30)
+                if run.storyjob is not None:
+                    why = exc.message if isinstance(exc, ApiException) else str(exc)
+                    await self._patch_run_status(run, {"phase": "Failed", "reason": f"job not created: {why}"[:300],
+                                                       "finishedAt": _iso(self.clock())})
                 return
         log.info("started story %s (stage %s, epoch %d) as job %s", sid, spec.stage, spec.epoch, spec.name)
         self._spawn(self._after_start(run), f"started:{sid}")
@@ -354,8 +374,9 @@ class Engine:
             run.finishing = True
             try:
                 await self.kube.delete_job(run.spec.name)
-            except ApiException as exc:
-                log.error("could not delete job %s: %s", run.spec.name, exc.reason)
+            except Exception as exc:
+                # The next resync sees the run again and retries.
+                log.error("could not delete job %s: %s", run.spec.name, exc)
                 run.finishing = False
                 return
             if seen is not None:
@@ -385,16 +406,7 @@ class Engine:
         if run is None or run.spec.epoch != spec.epoch:
             return
         if event_type == "DELETED":
-            if not run.finishing:
-                # Someone deleted the Job (or its StoryJob): give the story back untouched.
-                async with self._locks[spec.story_id]:
-                    if self.runs.get(spec.story_id) is run and not run.finishing:
-                        self.runs.pop(spec.story_id, None)
-                        self.doc.release(spec.story_id, self.me, self.clock())
-                        self.cooldown[spec.story_id] = self.clock() + 30
-                await self._patch_status(spec.name, {"phase": "Cancelled", "reason": "job deleted",
-                                                     "finishedAt": _iso(self.clock())}, missing_ok=True)
-                self._after_capacity_change()
+            await self._job_gone(run)
             return
         condition = objects.job_condition(job)
         if condition is not None:
@@ -403,6 +415,38 @@ class Engine:
             run.phase = "Running"
             async with self._followup_slots:
                 await self._patch_run_status(run, {"phase": "Running", "jobName": spec.name})
+
+    async def _job_gone(self, run: Run) -> None:
+        """Someone deleted the Job (or its StoryJob): give the story back untouched."""
+        sid = run.spec.story_id
+        async with self._locks[sid]:
+            if self.runs.get(sid) is not run or run.finishing:
+                return
+            self.runs.pop(sid, None)
+            self.doc.release(sid, self.me, self.clock())
+            self.cooldown[sid] = self.clock() + 30
+        await self._patch_run_status(run, {"phase": "Cancelled", "reason": "job deleted",
+                                           "finishedAt": _iso(self.clock())})
+        self._after_capacity_change()
+
+    async def _check_jobs(self) -> None:
+        """Safety net for missed watch events: finish or drop runs by their Jobs' state."""
+        # Only runs whose Job existed before the list started can be judged by the list.
+        candidates = [run for run in self.runs.values() if run.job_created and not run.finishing]
+        try:
+            jobs = {j["metadata"]["name"]: j for j in await self.kube.list_jobs(
+                objects.selector_for_instance(self.settings))}
+        except Exception as exc:
+            log.warning("could not list jobs for the resync: %s", exc)
+            return
+        for run in candidates:
+            if self.runs.get(run.spec.story_id) is not run or run.finishing:
+                continue
+            job = jobs.get(run.spec.name)
+            if job is None:
+                await self._job_gone(run)
+            elif (condition := objects.job_condition(job)) is not None:
+                await self.finish_run(run, job, condition)
 
     async def on_pod_event(self, event_type: str, pod: Mapping[str, Any]) -> None:
         if not self.active or event_type == "DELETED":
@@ -436,7 +480,13 @@ class Engine:
             if self.runs.get(sid) is not run or run.finishing:
                 return
             run.finishing = True
-            pods = await self.kube.list_pods(f"job-name={run.spec.name}")
+            try:
+                pods = await self.kube.list_pods(f"job-name={run.spec.name}")
+            except Exception as exc:
+                log.warning("could not read the pods of finished job %s (%s); retrying at the next resync",
+                            run.spec.name, exc)
+                run.finishing = False
+                return
             exit_code, message = None, ""
             disrupted = None
             for pod in pods:
@@ -513,7 +563,9 @@ class Engine:
             story = self.doc.story(spec.story_id)
             own = claims.check_ownership(story, me=self.me, epoch=spec.epoch, stage=spec.stage)
             current = self.runs.get(spec.story_id)
-            if own.keep and (current is None or current.spec.epoch < spec.epoch):
+            if current is not None and current.spec.epoch >= spec.epoch:
+                continue  # adopted by an earlier attempt of this adoption
+            if own.keep:
                 run = Run(spec=spec, phase=phase, storyjob=sj, job_created=job is not None)
                 self.runs[spec.story_id] = run
                 adopted += 1
@@ -544,12 +596,13 @@ class Engine:
                                   claim_timeout=self.settings.claim_timeout_seconds)
         room = self.settings.max_concurrent - self.busy
         for story in dead[max(0, room):]:
-            if self.doc.release(story.story_id, story.claimed_by, now):
+            if self.doc.release(story.story_id, story.claimed_by, now, bump_epoch=True):
                 log.info("released story %s held by dead node %s", story.story_id, story.claimed_by)
                 self.metrics.claims.labels("released").inc()
         self._dirty.update(stories)
         self._dirty.update(self.runs)
         self._wake.set()
+        await self._check_jobs()
         await self._check_stuck()
         await self._cleanup_finished(now)
         phases: dict[str, int] = defaultdict(int)

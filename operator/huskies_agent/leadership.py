@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,12 +83,6 @@ class LeaseView:
     duration: float
     transitions: int
 
-    def expired(self, now: dt.datetime) -> bool:
-        """Free to take: released (no holder), never renewed, or not renewed in time."""
-        if not self.holder or self.renewed is None:
-            return True
-        return (now - self.renewed).total_seconds() > self.duration
-
 
 def read_lease(lease: dict[str, Any]) -> LeaseView:
     spec = lease.get("spec") or {}
@@ -100,17 +95,32 @@ def read_lease(lease: dict[str, Any]) -> LeaseView:
 
 
 class LeaderElector:
-    """Acquire and renew the install's Lease; report gains and losses of leadership."""
+    """Acquire and renew the install's Lease; report gains and losses of leadership.
 
-    def __init__(self, kube: Kube, settings: Settings, *, clock: Clock = _utcnow) -> None:
+    Like client-go's elector, a standby judges another holder's Lease by its own
+    monotonic clock: expired when the Lease has not changed (resourceVersion) for a
+    lease duration since this replica first saw it, so clock skew between machines
+    does not let a standby steal a live leader's Lease. A leader that cannot renew
+    within the renew deadline (2/3 of the lease duration) steps down before a standby
+    may take over.
+    """
+
+    def __init__(self, kube: Kube, settings: Settings, *, clock: Clock = _utcnow,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.kube = kube
         self.settings = settings
         self.identity = settings.replica_id
         self.clock = clock
+        self.monotonic = monotonic
         self.is_leader = False
         self._became_leader = asyncio.Event()
         self._lost = asyncio.Event()
-        self.last_renewed: dt.datetime | None = None
+        self.last_renewed: float | None = None  # monotonic time of our last successful write
+        self._observed: tuple[str, float] | None = None  # (resourceVersion, monotonic time first seen)
+
+    @property
+    def renew_deadline(self) -> float:
+        return self.settings.lease_duration_seconds * 2 / 3
 
     async def wait_leader(self) -> None:
         await self._became_leader.wait()
@@ -144,10 +154,10 @@ class LeaderElector:
                 if is_conflict(exc):
                     return False
                 raise
-            self.last_renewed = now
+            self.last_renewed = self.monotonic()
             return True
         view = read_lease(lease)
-        if view.holder != self.identity and not view.expired(now):
+        if view.holder and view.holder != self.identity and not self._observed_expired(lease, view):
             return False
         new_spec = dict(lease.get("spec") or {})
         new_spec.update(spec)
@@ -161,19 +171,28 @@ class LeaderElector:
             if is_conflict(exc):
                 return False
             raise
-        self.last_renewed = now
+        self.last_renewed = self.monotonic()
         return True
+
+    def _observed_expired(self, lease: dict[str, Any], view: LeaseView) -> bool:
+        version = str((lease.get("metadata") or {}).get("resourceVersion") or "")
+        now = self.monotonic()
+        if self._observed is None or self._observed[0] != version:
+            self._observed = (version, now)  # the holder renewed (or we just arrived): wait a full term
+            return False
+        return now - self._observed[1] > max(view.duration, 1.0)
 
     async def run(self) -> None:
         """Campaign until leader, then renew; on losing the Lease set ``lost`` and return."""
         s = self.settings
         while True:
             try:
-                held = await self.try_acquire_or_renew()
+                async with asyncio.timeout(self.renew_deadline):
+                    held = await self.try_acquire_or_renew()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                log.warning("lease %s: %s", s.lease_name, exc)
+            except Exception as exc:  # includes TimeoutError: a hung API call
+                log.warning("lease %s: %s", s.lease_name, exc or type(exc).__name__)
                 held = self.is_leader and self._renewal_still_valid()
             if held and not self.is_leader:
                 log.info("became leader (lease %s held by %s)", s.lease_name, self.identity)
@@ -184,13 +203,13 @@ class LeaderElector:
                 self.is_leader = False
                 self._lost.set()
                 return
-            await asyncio.sleep(s.lease_renew_seconds if self.is_leader else s.lease_renew_seconds)
+            await asyncio.sleep(s.lease_renew_seconds)
 
     def _renewal_still_valid(self) -> bool:
+        """Still leader after a failed round: only within the renew deadline of the last success."""
         if self.last_renewed is None:
             return False
-        age = (self.clock() - self.last_renewed).total_seconds()
-        return age < self.settings.lease_duration_seconds
+        return self.monotonic() - self.last_renewed < self.renew_deadline
 
     async def release(self) -> None:
         """Give the Lease up on clean shutdown so a standby takes over at once."""

@@ -100,3 +100,12 @@ def test_presence_overwrites_do_not_grow_the_document():
     for i in range(1000):
         d.put_presence(NodePresence(node_id="n", last_seen=float(i), capacity=i % 5))
     assert len(d.encode_update()) - size0 < 2000
+
+
+def test_release_of_a_dead_nodes_claim_bumps_the_epoch():
+    d = PipelineDoc()
+    d.add_story("1_s", stage="2_current")
+    d.claim("1_s", "dead", 1.0)
+    assert d.release("1_s", "dead", 2.0, bump_epoch=True)
+    assert d.story("1_s").claim.epoch == 2 and not d.story("1_s").claimed_by
+    assert d.claim("1_s", "heir", 3.0).epoch == 3

@@ -118,3 +118,12 @@ def _write(tmp_path, text):
     p = tmp_path / "x.yaml"
     p.write_text(text)
     return p
+
+
+def test_exact_node_id_survives_label_mangling():
+    node = "a-very-long-cluster-name-that-goes-past-the-label-limit-0123456789abcdef"
+    run = objects.RunSpec("5_x", "2_current", node, 4)
+    job = objects.build_job(settings(), run, None)
+    assert job["metadata"]["labels"][naming.LABEL_NODE] != node  # hashed to fit a label
+    assert objects.run_spec_from_object(job) == run
+    assert objects.run_spec_from_object({"metadata": job["spec"]["template"]["metadata"]}) == run

@@ -17,6 +17,8 @@ LABEL_CLUSTER = f"{GROUP}/cluster"
 LABEL_EPOCH = f"{GROUP}/epoch"
 ANNOTATION_STORY_ID = f"{GROUP}/story-id"
 ANNOTATION_EPOCH = f"{GROUP}/epoch"
+#: The exact node id (the node label holds a label-safe form of it).
+ANNOTATION_NODE = f"{GROUP}/node"
 
 APP_NAME = "huskies-agent"
 COMPONENT_BUILD = "story-build"

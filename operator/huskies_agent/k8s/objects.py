@@ -50,6 +50,12 @@ def common_labels(settings: Settings, run: RunSpec) -> dict[str, str]:
     }
 
 
+def run_annotations(run: RunSpec) -> dict[str, str]:
+    """Exact story id, node id and epoch (labels hold only label-safe forms of them)."""
+    return {naming.ANNOTATION_STORY_ID: run.story_id, naming.ANNOTATION_NODE: run.node,
+            naming.ANNOTATION_EPOCH: str(run.epoch)}
+
+
 def selector_for_instance(settings: Settings) -> str:
     return f"app.kubernetes.io/managed-by={naming.APP_NAME},app.kubernetes.io/instance={settings.instance}"
 
@@ -62,7 +68,7 @@ def build_storyjob(settings: Settings, run: RunSpec) -> dict[str, Any]:
             "name": run.name,
             "namespace": settings.namespace,
             "labels": common_labels(settings, run),
-            "annotations": {naming.ANNOTATION_STORY_ID: run.story_id, naming.ANNOTATION_EPOCH: str(run.epoch)},
+            "annotations": run_annotations(run),
         },
         "spec": {
             "storyId": run.story_id,
@@ -124,8 +130,7 @@ def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[s
     labels = common_labels(settings, run)
     pod_labels = {**dict(build.pod_labels), **labels}
     pod_annotations: dict[str, str] = dict(build.pod_annotations)
-    pod_annotations[naming.ANNOTATION_STORY_ID] = run.story_id
-    pod_annotations[naming.ANNOTATION_EPOCH] = str(run.epoch)
+    pod_annotations.update(run_annotations(run))
     if build.protect_from_consolidation:
         pod_annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] = "false"
         pod_annotations["karpenter.sh/do-not-disrupt"] = "true"
@@ -200,7 +205,7 @@ def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[s
         "name": run.name,
         "namespace": settings.namespace,
         "labels": labels,
-        "annotations": {naming.ANNOTATION_STORY_ID: run.story_id, naming.ANNOTATION_EPOCH: str(run.epoch)},
+        "annotations": run_annotations(run),
     }
     if owner_uid:
         metadata["ownerReferences"] = [{
@@ -245,7 +250,7 @@ def run_spec_from_object(obj: Mapping[str, Any]) -> RunSpec | None:
         return RunSpec(
             ann[naming.ANNOTATION_STORY_ID],
             labels[naming.LABEL_STAGE],
-            labels.get(naming.LABEL_NODE, ""),
+            ann.get(naming.ANNOTATION_NODE) or labels.get(naming.LABEL_NODE, ""),
             int(ann[naming.ANNOTATION_EPOCH]),
         )
     except (KeyError, TypeError, ValueError):

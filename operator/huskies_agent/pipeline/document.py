@@ -279,15 +279,18 @@ class PipelineDoc:
                 claims[story_id] = self.claim(story_id, node, now)
         return claims
 
-    def release(self, story_id: str, node: str, now: float) -> bool:
+    def release(self, story_id: str, node: str, now: float, *, bump_epoch: bool = False) -> bool:
         """Clear the claim if (as far as this replica knows) ``node`` holds it.
 
-        ``node`` is this node for its own claims, or a dead node whose work moves on.
+        ``node`` is this node for its own claims, or a dead node whose work moves on. A
+        release written for another node bumps the epoch (``bump_epoch``), so that if it
+        races a takeover and wins, the next claim still gets an epoch never used before.
         """
         story = self._stories.get(story_id)
         if story is None or story.claimed_by != node:
             return False
-        self._item(story_id)["claim"] = Claim(node="", epoch=story.epoch, at=now).to_raw()
+        epoch = story.epoch + 1 if bump_epoch else story.epoch
+        self._item(story_id)["claim"] = Claim(node="", epoch=epoch, at=now).to_raw()
         return True
 
     def complete(self, story_id: str, node: str, epoch: int, now: float) -> str | None:
