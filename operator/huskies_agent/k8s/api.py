@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Mapping
@@ -69,6 +70,8 @@ class Connection:
     token: str | None = None
     token_file: Path | None = None
     basic: aiohttp.BasicAuth | None = None
+    #: Private directory holding credentials decoded from kubeconfig ``*-data`` fields.
+    scratch: Path | None = None
 
     def headers(self) -> dict[str, str]:
         token = self.token
@@ -81,6 +84,8 @@ class Connection:
 
     async def close(self) -> None:
         await self.session.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _pem_file(data: str, suffix: str, directory: Path) -> str:
@@ -90,7 +95,9 @@ def _pem_file(data: str, suffix: str, directory: Path) -> str:
     return str(path)
 
 
-def _from_kubeconfig(path: str) -> tuple[str, ssl.SSLContext | bool, str | None, aiohttp.BasicAuth | None]:
+def _from_kubeconfig(
+    path: str, tmp: Path
+) -> tuple[str, ssl.SSLContext | bool, str | None, aiohttp.BasicAuth | None]:
     config = yaml.safe_load(Path(path).expanduser().read_text()) or {}
     name = config.get("current-context")
     if not name:
@@ -103,7 +110,6 @@ def _from_kubeconfig(path: str) -> tuple[str, ssl.SSLContext | bool, str | None,
     if "exec" in user or "auth-provider" in user:
         raise RuntimeError(f"{path}: exec and auth-provider credentials are not supported")
     base = Path(path).expanduser().resolve().parent
-    tmp = Path(tempfile.mkdtemp(prefix="huskies-kube-"))
     if cluster.get("insecure-skip-tls-verify"):
         ctx: ssl.SSLContext | bool = False
     else:
@@ -129,8 +135,9 @@ def _from_kubeconfig(path: str) -> tuple[str, ssl.SSLContext | bool, str | None,
 
 
 async def connect(kubeconfig: str | None = None) -> Connection:
-    """A connection from ``kubeconfig``, in-cluster credentials, or ``$KUBECONFIG``/~/.kube/config."""
+    """A connection from ``kubeconfig``, else ``$KUBECONFIG``, else in-cluster, else ~/.kube/config."""
     session_kwargs: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=60, sock_connect=10)}
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
     if kubeconfig is None and (SA_DIR / "token").exists() and os.environ.get("KUBERNETES_SERVICE_HOST"):
         host = os.environ["KUBERNETES_SERVICE_HOST"]
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
@@ -138,9 +145,14 @@ async def connect(kubeconfig: str | None = None) -> Connection:
         sa_ctx = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
         return Connection(f"https://{host}:{port}", aiohttp.ClientSession(**session_kwargs), sa_ctx,
                           token_file=SA_DIR / "token")
-    path = kubeconfig or (os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or "~/.kube/config")
-    server, ctx, token, basic = _from_kubeconfig(path)
-    return Connection(server, aiohttp.ClientSession(**session_kwargs), ctx, token=token, basic=basic)
+    scratch = Path(tempfile.mkdtemp(prefix="huskies-kube-"))
+    try:
+        server, ctx, token, basic = _from_kubeconfig(kubeconfig or "~/.kube/config", scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return Connection(server, aiohttp.ClientSession(**session_kwargs), ctx, token=token, basic=basic,
+                      scratch=scratch)
 
 
 def _now() -> str:
