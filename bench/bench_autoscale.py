@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -43,25 +42,7 @@ from tests.autoscale.observer import Observer, PodTimes  # noqa: E402
 
 from huskies_agent.pipeline.document import PipelineDoc  # noqa: E402
 from huskies_agent.sync.client import RendezvousClient  # noqa: E402
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}")
+from machine import describe  # noqa: E402  (bench/machine.py)
 
 
 async def wait(check: Callable[[], bool], timeout: float, what: str, env: AutoscaleEnv) -> None:
@@ -98,7 +79,7 @@ def p50_max(values: list[float]) -> str:
 
 
 async def bench(args: argparse.Namespace) -> None:
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     cfg = AutoscaleConfig(run_for=args.run_for, consolidate_after=args.consolidate_after,
                           registration_delay="" if args.registration_delay in ("", "0s", "0") else
                           args.registration_delay)

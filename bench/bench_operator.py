@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,25 +35,7 @@ from huskies_agent.localrun import FAST, metrics_text, start_operator, start_ren
 from huskies_agent.pipeline.document import PipelineDoc  # noqa: E402
 from huskies_agent.pipeline.model import NodePresence  # noqa: E402
 from huskies_agent.sync.client import RendezvousClient  # noqa: E402
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    system = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
-    return f"{cpu}, {os.cpu_count()} cores{mem}, {system}"
+from machine import describe  # noqa: E402  (bench/machine.py)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -130,7 +111,7 @@ def proc_stats(pid: int) -> tuple[float, float]:
 
 
 async def bench(args: argparse.Namespace) -> None:
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     run_dir = Path(tempfile.mkdtemp(prefix="huskies-bench-"))
     plane = ControlPlane(find_testbin(build=True), run_dir / "cluster", tier="cluster", nodes=4)
     plane.start()

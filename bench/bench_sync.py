@@ -40,19 +40,13 @@ from tests.helpers.rendezvous import start_rendezvous  # noqa: E402
 from huskies_agent.pipeline import stages  # noqa: E402
 from huskies_agent.pipeline.document import Changes, PipelineDoc  # noqa: E402
 from huskies_agent.sync.client import RendezvousClient  # noqa: E402
+from machine import cpu_model  # noqa: E402  (bench/machine.py)
 
 TARGET_INITIAL_SYNC_S = 1.0
 
 
 def machine() -> list[str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return [
         f"CPU:        {cpu}",
         f"cores:      {os.cpu_count()}",
