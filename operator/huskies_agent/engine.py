@@ -88,6 +88,8 @@ class Engine:
         self.claiming: set[str] = set()
         self.cooldown: dict[str, float] = {}
         self.active = False
+        #: Set once adoption is done and the engine reacts to changes.
+        self.activated = asyncio.Event()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -144,6 +146,7 @@ class Engine:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 15.0)
         self.active = True
+        self.activated.set()
         self._dirty.update(self.doc.stories)
         self._wake.set()
         log.info("engine active: node %s, %d stories in the pipeline", self.me, len(self.doc.stories))

@@ -442,8 +442,8 @@ def _free_port() -> int:
 
 def test_operator_process_runs_as_the_service_account(install: Install, sa_kubeconfig: Path, tmp_path: Path) -> None:
     """`huskies-agent operator` with the chart's config file and only the chart's RBAC: it takes
-    the Lease, starts kopf's namespaced watches and serves /healthz, with no 403 anywhere.
-    (The rendezvous is a closed loopback port, so the engine never starts a story.)"""
+    the Lease, syncs with a real (empty) rendezvous, adopts, starts kopf's namespaced watches and
+    serves /healthz, with no 403 anywhere."""
     import os
     import re
     import signal
@@ -453,16 +453,19 @@ def test_operator_process_runs_as_the_service_account(install: Install, sa_kubec
 
     from kubernetes import client
 
+    from huskies_agent.localrun import start_rendezvous
+
     core = client.CoreV1Api(install.api)
     config = tmp_path / "config.yaml"
     config.write_text(core.read_namespaced_config_map(f"{RELEASE}-config", NS).data["config.yaml"])
+    rendezvous, url = start_rendezvous(tmp_path)
     port = _free_port()
     pod_name = f"{RELEASE}-process-test"
     env = {
         **{k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
         "POD_NAME": pod_name, "POD_NAMESPACE": NS,
         "HUSKIES_METRICS_HOST": "127.0.0.1", "HUSKIES_METRICS_PORT": str(port),
-        "HUSKIES_RENDEZVOUS_URL": f"ws://127.0.0.1:{_free_port()}/crdt-sync",
+        "HUSKIES_RENDEZVOUS_URL": url,
     }
     log = tmp_path / "operator.log"
     coordination = client.CoordinationV1Api(install.api)
@@ -501,6 +504,7 @@ def test_operator_process_runs_as_the_service_account(install: Install, sa_kubec
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+            rendezvous.stop()
     text = log.read_text()
     denied = [line for line in text.splitlines() if re.search(r"\b403\b|[Ff]orbidden", line)]
     assert not denied, "\n".join(denied[:20])

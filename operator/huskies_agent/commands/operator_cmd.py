@@ -92,20 +92,34 @@ async def operate(settings: Any) -> int:
         engine = Engine(settings, kube, doc, client, node_id, metrics)
         async with client:
             slot.engine = engine
+            engine_created.set()
             try:
                 await engine.run()
             finally:
                 slot.engine = None
+
+    engine_created = asyncio.Event()
+    kopf_started = False
+
+    async def watch() -> None:
+        # kopf's watches feed only the leader's engine, so they start once it is active:
+        # a standby keeps no watches open, and the first listing of every pod and Job does
+        # not compete with the initial document sync. The listing then replays existing
+        # Jobs to the engine, which catches up on anything that changed meanwhile.
+        nonlocal kopf_started
+        await engine_created.wait()
+        assert slot.engine is not None
+        await slot.engine.activated.wait()
+        kopf_started = True
+        await kopf.operator(registry=registry, standalone=True, namespaces=[settings.namespace],
+                            clusterwide=False, stop_flag=stop)
 
     registry = build_registry(settings, slot)
     exit_code = 0
     tasks = {
         asyncio.create_task(elector.run(), name="lease"),
         asyncio.create_task(lead(), name="engine"),
-        asyncio.create_task(
-            kopf.operator(registry=registry, standalone=True, namespaces=[settings.namespace],
-                          clusterwide=False, stop_flag=stop),
-            name="kopf"),
+        asyncio.create_task(watch(), name="kopf"),
         asyncio.create_task(stop.wait(), name="signal"),
     }
     try:
@@ -125,7 +139,7 @@ async def operate(settings: Any) -> int:
     finally:
         stop.set()
         for task in tasks:
-            if task.get_name() != "kopf":
+            if task.get_name() != "kopf" or not kopf_started:  # a running kopf stops by its stop flag
                 task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
