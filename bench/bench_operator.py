@@ -229,7 +229,8 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=300)
     parser.add_argument("--big", type=int, default=10_000)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle CPU measurement")
-    parser.add_argument("--settle", type=float, default=20.0, help="seconds to wait after the initial sync")
+    parser.add_argument("--settle", type=float, default=60.0,
+                        help="seconds to wait after the initial sync (kopf lists and replays every pod and Job)")
     args = parser.parse_args()
     asyncio.run(bench(args))
 
