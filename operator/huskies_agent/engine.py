@@ -91,6 +91,7 @@ class Engine:
         #: Set once adoption is done and the engine reacts to changes.
         self.activated = asyncio.Event()
         self._dirty: set[str] = set()
+        self._waiting: set[str] = set()
         self._wake = asyncio.Event()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -230,8 +231,11 @@ class Engine:
             claim_timeout=self.settings.claim_timeout_seconds, busy=self.busy,
             max_concurrent=self.settings.max_concurrent, cooling=cooling,
         )
+        ids = {s.story_id for s in chosen}
+        # Remember stories passed over for lack of room, to look at again when room frees up.
+        self._waiting.update(s.story_id for s in candidates
+                             if s.story_id not in ids and stages.is_active(s.stage) and not s.blocked)
         if chosen:
-            ids = [s.story_id for s in chosen]
             self.claiming.update(ids)
             self._spawn(self._claim_batch(chosen, time.monotonic()), f"claim:{len(ids)}")
 
@@ -287,13 +291,11 @@ class Engine:
             self.claiming.discard(story.story_id)
 
     def _after_capacity_change(self) -> None:
-        """Capacity freed or claims settled: look again at stories still waiting."""
-        if self.busy < self.settings.max_concurrent:
-            waiting = [s.story_id for s in self.doc.stories.values()
-                       if stages.is_active(s.stage) and s.story_id not in self.runs and not s.claimed_by]
-            if waiting:
-                self._dirty.update(waiting)
-                self._wake.set()
+        """Capacity freed or claims settled: look again at the stories that had to wait."""
+        if self.busy < self.settings.max_concurrent and self._waiting:
+            self._dirty.update(self._waiting)
+            self._waiting.clear()
+            self._wake.set()
 
     # ------------------------------------------------------------------ starting
     async def start_run(self, spec: objects.RunSpec, seen: float) -> None:
@@ -673,12 +675,6 @@ class Engine:
         except ApiException as exc:
             if not (missing_ok and exc.status == 404):
                 log.warning("could not update storyjob %s status: %s", name, exc.reason)
-
-    async def shutdown(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _iso(ts: float) -> str:

@@ -36,17 +36,6 @@ def _fmt(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse(value: Any) -> dt.datetime | None:
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if isinstance(value, str) and value:
-        try:
-            return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    return None
-
-
 async def ensure_node_id(kube: Kube, settings: Settings) -> str:
     """The install's node id: from settings, else the identity ConfigMap (created once)."""
     if settings.node_id:
@@ -79,7 +68,6 @@ async def ensure_node_id(kube: Kube, settings: Settings) -> str:
 @dataclass(frozen=True, slots=True)
 class LeaseView:
     holder: str
-    renewed: dt.datetime | None
     duration: float
     transitions: int
 
@@ -88,7 +76,6 @@ def read_lease(lease: dict[str, Any]) -> LeaseView:
     spec = lease.get("spec") or {}
     return LeaseView(
         holder=str(spec.get("holderIdentity") or ""),
-        renewed=_parse(spec.get("renewTime")) or _parse(spec.get("acquireTime")),
         duration=float(spec.get("leaseDurationSeconds") or 0),
         transitions=int(spec.get("leaseTransitions") or 0),
     )
@@ -114,7 +101,6 @@ class LeaderElector:
         self.monotonic = monotonic
         self.is_leader = False
         self._became_leader = asyncio.Event()
-        self._lost = asyncio.Event()
         self.last_renewed: float | None = None  # monotonic time of our last successful write
         self._observed: tuple[str, float] | None = None  # (resourceVersion, monotonic time first seen)
 
@@ -124,9 +110,6 @@ class LeaderElector:
 
     async def wait_leader(self) -> None:
         await self._became_leader.wait()
-
-    async def wait_lost(self) -> None:
-        await self._lost.wait()
 
     async def try_acquire_or_renew(self) -> bool:
         """One round of the election; returns whether this replica holds the Lease."""
@@ -183,7 +166,7 @@ class LeaderElector:
         return now - self._observed[1] > max(view.duration, 1.0)
 
     async def run(self) -> None:
-        """Campaign until leader, then renew; on losing the Lease set ``lost`` and return."""
+        """Campaign until leader, then renew; return when the Lease is lost."""
         s = self.settings
         while True:
             try:
@@ -201,7 +184,6 @@ class LeaderElector:
             elif not held and self.is_leader:
                 log.error("lost leadership of lease %s", s.lease_name)
                 self.is_leader = False
-                self._lost.set()
                 return
             await asyncio.sleep(s.lease_renew_seconds)
 

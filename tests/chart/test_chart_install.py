@@ -469,8 +469,8 @@ def test_operator_process_runs_as_the_service_account(install: Install, sa_kubec
     }
     log = tmp_path / "operator.log"
     coordination = client.CoordinationV1Api(install.api)
-    # Start from no Lease: one released moments after it was taken still counts as held for
-    # lease_duration_seconds (read_lease falls back to acquireTime), which would only slow this down.
+    # Start from no Lease: one still held by an earlier test's replica would make this new
+    # replica wait a full lease term of silence (by its own clock) before taking over.
     try:
         coordination.delete_namespaced_lease(f"{RELEASE}-leader", NS)
     except client.ApiException as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -74,9 +73,6 @@ def dump(*procs: Proc) -> str:
     return "\n".join(f"===== {p.name} =====\n{p.log()[-20000:]}" for p in procs)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, indent=1)
-
 
 __all__ = ["FAST", "Proc", "dump", "eventually", "first_storyjob", "flush", "free_port", "kube", "metrics_text",
-           "pipeline", "pretend_node", "start_operator", "start_rendezvous", "table", "wait_http"]
+           "pipeline", "pretend_node", "start_operator", "start_rendezvous", "wait_http"]
