@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Map, create_sync_message, create_update_message, handle_sync_message
 
+from huskies_agent.backoff import reconnect_delay
 from huskies_agent.pipeline.document import PipelineDoc
 from huskies_agent.sync import protocol
 from huskies_agent.sync.auth import bearer_header, token_problem
-from huskies_agent.sync.backoff import reconnect_delay
 from huskies_agent.sync.protocol import Kind, Message, ProtocolError, SyncSession
 
 

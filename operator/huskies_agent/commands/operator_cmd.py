@@ -52,6 +52,7 @@ async def operate(settings: Any) -> int:
     import kopf
 
     from huskies_agent import health
+    from huskies_agent.backoff import retry_forever
     from huskies_agent.engine import Engine
     from huskies_agent.handlers import EngineSlot, build_registry
     from huskies_agent.k8s.api import Kube, connect
@@ -63,7 +64,7 @@ async def operate(settings: Any) -> int:
     log.info("starting", extra={"settings": settings.public_dict()})
     api = await connect()
     kube = Kube(api, settings.namespace)
-    node_id = await _retrying(lambda: ensure_node_id(kube, settings), "read the node identity")
+    node_id = await retry_forever(lambda: ensure_node_id(kube, settings), "read the node identity")
     log.info("node id %s, replica %s, namespace %s", node_id, settings.replica_id, settings.namespace)
 
     metrics = Metrics()
@@ -148,13 +149,3 @@ async def operate(settings: Any) -> int:
         await kube.close()
     return exit_code
 
-
-async def _retrying(make: Any, what: str) -> Any:
-    delay = 1.0
-    while True:
-        try:
-            return await make()
-        except Exception as exc:
-            log.warning("could not %s: %s; retrying in %.0fs", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)

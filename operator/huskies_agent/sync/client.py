@@ -28,10 +28,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 from websockets.frames import CloseCode
 from websockets.uri import parse_uri
 
+from huskies_agent.backoff import reconnect_delay
 from huskies_agent.pipeline.document import PipelineDoc
 from huskies_agent.sync import protocol
 from huskies_agent.sync.auth import bearer_header
-from huskies_agent.sync.backoff import reconnect_delay
 from huskies_agent.sync.stats import SyncStats
 from huskies_agent.sync.tasks import first_to_finish
 
