@@ -24,16 +24,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _global_options(defaults: bool) -> argparse.ArgumentParser:
+    """Options accepted before or after the subcommand (``huskies-agent stories --log-level DEBUG``).
+
+    The subcommand's copy has no defaults, so it only overrides what was given before it.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    level_default: object = "INFO" if defaults else argparse.SUPPRESS
+    format_default: object = None if defaults else argparse.SUPPRESS
+    parent.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
+                        default=level_default, help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parent.add_argument("--log-format", choices=("json", "text"), default=format_default,
+                        help="log format (default: json when not a terminal)")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="huskies-agent",
         description="Kubernetes build capacity for a huskies story pipeline.",
+        parents=[_global_options(defaults=True)],
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    parser.add_argument("--log-format", choices=("json", "text"), default=None,
-                        help="log format (default: json when not a terminal)")
+    parser.add_argument("--version", action="version", version=f"huskies-agent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the version")
+    late = _global_options(defaults=False)
     for name, (module_name, help_text) in COMMANDS.items():
         try:
             module = importlib.import_module(module_name)
@@ -41,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != module_name:
                 raise
             continue  # subcommand not built into this version
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd = sub.add_parser(name, help=help_text, description=help_text, parents=[late])
         module.configure(cmd)
         cmd.set_defaults(_run=module.run)
     return parser
@@ -63,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args._run(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a clear one-line error; the traceback only when asked for
+        if args.log_level == "DEBUG":
+            raise
+        print(f"huskies-agent {args.command}: error: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
     return result
 
 

@@ -186,25 +186,35 @@ T = TypeVar("T")
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Overlay ``HUSKIES_<FIELD>`` and ``HUSKIES_BUILD_<FIELD>`` env vars (YAML-parsed values)."""
+    """Overlay ``HUSKIES_<FIELD>`` and ``HUSKIES_BUILD_<FIELD>`` env vars (non-string values are YAML)."""
     out = dict(raw)
     build = dict(out.get("build") or {})
-    scalar_fields = {f.name for f in dataclasses.fields(Settings)} - {"build"}
-    build_fields = {f.name for f in dataclasses.fields(BuildPodSettings)}
+    top_hints = get_type_hints(Settings)
+    build_hints = get_type_hints(BuildPodSettings)
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
             continue
         name = key[len(ENV_PREFIX):].lower()
-        if name.startswith("build_") and name[len("build_"):] in build_fields:
-            build[name[len("build_"):]] = _env_value(value)
-        elif name in scalar_fields or name == "rendezvous_token_file":
-            out[name] = value if name in ("rendezvous_token", "rendezvous_url", "node_id") else _env_value(value)
+        field_name = name[len("build_"):]
+        if name.startswith("build_") and field_name in build_hints:
+            build[field_name] = _env_value(value, build_hints[field_name])
+        elif name == "rendezvous_token_file":
+            out[name] = value
+        elif name in top_hints and name != "build":
+            out[name] = _env_value(value, top_hints[name])
     if build:
         out["build"] = build
     return out
 
 
-def _env_value(value: str) -> Any:
+def _env_value(value: str, hint: Any) -> Any:
+    """An env var's value for a field of type ``hint``.
+
+    String settings take the text as it is (``1.10`` stays ``"1.10"``, ``no`` stays ``"no"``);
+    only numbers, booleans, lists and mappings are read as YAML.
+    """
+    if hint is str:
+        return value
     try:
         return yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
