@@ -263,10 +263,10 @@ def _review(api: Any, user: str, groups: list[str], verb: str, resource: str, *,
 #: (verb, group, resource, subresource, name) the operator needs in its namespace
 NEEDED = (
     [(v, "huskies.dev", "storyjobs", "", "") for v in ("get", "list", "watch", "create", "patch", "delete")]
-    + [(v, "huskies.dev", "storyjobs", "status", "") for v in ("get", "patch", "update")]
+    + [(v, "huskies.dev", "storyjobs", "status", "") for v in ("get", "patch")]
     + [(v, "batch", "jobs", "", "") for v in ("get", "list", "watch", "create", "delete")]
     + [(v, "", "pods", "", "") for v in ("get", "list", "watch", "delete", "deletecollection")]
-    + [(v, "", "events", "", "") for v in ("create", "patch")]
+    + [("create", "", "events", "", "")]
     + [("create", "coordination.k8s.io", "leases", "", "")]
     + [(v, "coordination.k8s.io", "leases", "", f"{RELEASE}-leader") for v in ("get", "update")]
     + [("create", "", "configmaps", "", "")]
@@ -286,6 +286,7 @@ FORBIDDEN = (
     + [("create", "", "events", "", "", OTHER_NS), ("create", "coordination.k8s.io", "leases", "", "", OTHER_NS),
        ("create", "", "configmaps", "", "", OTHER_NS)]
     + [(v, "huskies.dev", "storyjobs", "", "", NS) for v in ("update", "deletecollection")]
+    + [("update", "huskies.dev", "storyjobs", "status", "", NS), ("patch", "", "events", "", "", NS)]
     + [(v, "batch", "jobs", "", "", NS) for v in ("update", "patch", "deletecollection")]
     + [(v, "", "pods", "", "", NS) for v in ("create", "update", "patch")]
     + [("create", "", "pods", "exec", "", NS), ("get", "", "pods", "log", "", NS),

@@ -33,7 +33,8 @@ def test_manifests_content() -> None:
     assert docs[1]["spec"] == yaml.safe_load(
         (ROOT / "operator" / "huskies_agent" / "crds" / "storyjobs.yaml").read_text())["spec"]
     for doc in docs[1:]:
-        assert doc["kind"] == "CustomResourceDefinition" or doc["metadata"]["namespace"] == "huskies-agent"
+        cluster_scoped = doc["kind"] in ("CustomResourceDefinition", "ClusterRole")
+        assert cluster_scoped or doc["metadata"]["namespace"] == "huskies-agent"
     config = next(d for d in docs if d["kind"] == "ConfigMap")
     assert yaml.safe_load(config["data"]["config.yaml"])["rendezvous_url"] == "ws://huskies-rendezvous:3001/crdt-sync"
     for version in ("1.29.0", "1.34.0"):

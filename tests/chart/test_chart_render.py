@@ -299,16 +299,19 @@ def test_image_tags_default_to_app_version(helm: Helm) -> None:
 def test_default_install_objects(helm: Helm) -> None:
     docs = helm.render(values=[DEFAULT])
     assert kinds(docs) == sorted([
-        "ConfigMap", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service",
-        "ServiceAccount", "ServiceAccount",
+        "ClusterRole", "ClusterRole", "ConfigMap", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding",
+        "Service", "ServiceAccount", "ServiceAccount",
     ])
-    assert all(d["metadata"]["namespace"] == "huskies-agent" for d in docs)
+    assert all(d["metadata"]["namespace"] == "huskies-agent" for d in docs if d["kind"] != "ClusterRole")
 
 
 def test_optional_objects(helm: Helm) -> None:
     docs = helm.render(values=[FULL])
-    for kind in ("ServiceMonitor", "PodMonitor", "NetworkPolicy", "ClusterRole", "ClusterRoleBinding"):
+    for kind in ("ServiceMonitor", "NetworkPolicy", "ClusterRole", "PrometheusRule"):
         assert kind in kinds(docs)
+    pod_monitor = helm.render(values=[FULL], sets=["metrics.serviceMonitor.enabled=false",
+                                                   "metrics.podMonitor.enabled=true"])
+    assert "PodMonitor" in kinds(pod_monitor) and "ServiceMonitor" not in kinds(pod_monitor)
     dashboard = find(docs, "ConfigMap", "huskies-agent-husky-dashboard")
     assert dashboard["metadata"]["namespace"] == "monitoring"
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -377,11 +380,13 @@ def test_rbac_has_no_secrets_and_no_wildcards(helm: Helm) -> None:
         for rule in doc["rules"]:
             assert "secrets" not in rule["resources"], doc["kind"]
             assert "*" not in rule["resources"] + rule["verbs"] + rule["apiGroups"], rule
-    cluster_role = find(docs, "ClusterRole")
-    resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
-    assert resources == {"storyjobs", "storyjobs/status", "jobs", "pods", "events"}
-    binding = find(docs, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "huskies-operator", "namespace": "huskies-agent"}]
+    # No cluster-wide rights: only the read/delete ClusterRoles aggregated into view/edit/admin.
+    assert not [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    for role in (d for d in docs if d["kind"] == "ClusterRole"):
+        labels = role["metadata"]["labels"]
+        assert any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels), role["metadata"]
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["huskies.dev"] and set(rule["verbs"]) <= {"get", "list", "watch", "delete"}
 
 
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -405,7 +410,9 @@ def test_operator_selectors_never_match_build_pods(helm: Helm, tmp_path: Path) -
         "PodDisruptionBudget": find(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
         "NetworkPolicy": find(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
         "ServiceMonitor": find(docs, "ServiceMonitor")["spec"]["selector"]["matchLabels"],
-        "PodMonitor": find(docs, "PodMonitor")["spec"]["selector"]["matchLabels"],
+        "PodMonitor": find(helm.render(values=[FULL], sets=["metrics.serviceMonitor.enabled=false",
+                                                            "metrics.podMonitor.enabled=true"]),
+                           "PodMonitor")["spec"]["selector"]["matchLabels"],
     }
     for kind, selector in selectors.items():
         assert _matches(selector, operator_labels), kind

@@ -42,6 +42,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: huskies-agent
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -62,9 +65,23 @@ app.kubernetes.io/component: operator
 {{- define "huskies-agent.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "huskies-agent.fullname" .) .Values.serviceAccount.name }}
+{{- else if .Values.serviceAccount.name }}
+{{- .Values.serviceAccount.name }}
 {{- else }}
-{{- default "default" .Values.serviceAccount.name }}
+{{- fail "serviceAccount.name is required when serviceAccount.create=false: name the existing ServiceAccount the operator runs as (the chart binds its Role to it; it will not bind the namespace's default ServiceAccount)" }}
 {{- end }}
+{{- end }}
+
+{{/*
+Pull secrets as LocalObjectReferences, from either form users write:
+`- regcred` or `- name: regcred`.
+*/}}
+{{- define "huskies-agent.pullSecretNames" -}}
+{{- $names := list }}
+{{- range . }}
+{{- if kindIs "map" . }}{{ $names = append $names .name }}{{ else }}{{ $names = append $names . }}{{ end }}
+{{- end }}
+{{- toJson $names }}
 {{- end }}
 
 {{- define "huskies-agent.buildServiceAccountName" -}}
@@ -104,7 +121,7 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
 {{- $build := dict
   "image" (include "huskies-agent.runnerImage" .)
   "image_pull_policy" $b.image.pullPolicy
-  "image_pull_secrets" ($b.imagePullSecrets | default list)
+  "image_pull_secrets" (include "huskies-agent.pullSecretNames" ($b.imagePullSecrets | default list) | fromJsonArray)
   "service_account" (include "huskies-agent.buildServiceAccountName" .)
   "repo_url" $b.repoUrl
   "base_branch" $b.baseBranch
@@ -173,6 +190,12 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
 {{- end }}
 {{- if ge (float64 .Values.lease.renewSeconds) (float64 .Values.lease.durationSeconds) }}
 {{- fail (printf "lease.renewSeconds (%v) must be shorter than lease.durationSeconds (%v)" .Values.lease.renewSeconds .Values.lease.durationSeconds) }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled }}
+{{- fail "metrics.serviceMonitor.enabled and metrics.podMonitor.enabled are both true: every series would be scraped twice; enable one of them" }}
+{{- end }}
+{{- if .Values.rbac.clusterWide }}
+{{- fail "rbac.clusterWide was removed: the operator watches only its release namespace and needs no cluster-wide rights; unset it" }}
 {{- end }}
 {{- if gt (float64 .Values.websocket.reconnectMinSeconds) (float64 .Values.websocket.reconnectMaxSeconds) }}
 {{- fail (printf "websocket.reconnectMinSeconds (%v) must not exceed websocket.reconnectMaxSeconds (%v)" .Values.websocket.reconnectMinSeconds .Values.websocket.reconnectMaxSeconds) }}
