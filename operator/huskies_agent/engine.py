@@ -98,11 +98,16 @@ class Engine:
         # Creating Jobs is the latency that matters; status patches and Events queue behind it.
         self._create_slots = asyncio.Semaphore(32)
         self._followup_slots = asyncio.Semaphore(4)
+        # Claim protocol v2 (docs/claims.md): liveness from received presence changes only.
+        self.liveness = claims.Liveness(settings.claim_timeout_seconds)
         self._remove_listener = doc.add_listener(self._on_changes)
 
     # ------------------------------------------------------------------ wiring
     def _on_changes(self, changes: Changes) -> None:
         # Runs inside a pycrdt callback: no document writes here, just schedule work.
+        if changes.remote:
+            for node in changes.nodes - {self.me}:
+                self.liveness.heard(node, time.monotonic())
         if changes.nodes and not changes.stories:
             return
         self._dirty.update(changes.stories)
@@ -135,6 +140,7 @@ class Engine:
             except TimeoutError:
                 log.warning("rendezvous not synced yet (connected=%s); still waiting", self.sync.connected)
         self.metrics.initial_sync.set(time.monotonic() - sync_started)
+        self.liveness.link_up(time.monotonic())
         self.metrics.doc_stories.set(len(self.doc.stories))
         delay = 0.5
         while True:
@@ -227,10 +233,11 @@ class Engine:
             return
         cooling = {sid for sid, until in self.cooldown.items() if until > now}
         chosen = claims.choose_claims(
-            candidates, me=self.me, stories=stories, nodes=self.doc.nodes, now=now,
-            claim_timeout=self.settings.claim_timeout_seconds, busy=self.busy,
+            candidates, me=self.me, stories=stories, is_dead=self._is_dead,
+            capacities={n: p.capacity or 0 for n, p in self.doc.nodes.items()}, busy=self.busy,
             max_concurrent=self.settings.max_concurrent, cooling=cooling,
-        )
+            waited=lambda _sid: 0.0, spread_delay=0.0,
+        ).now
         ids = {s.story_id for s in chosen}
         # Remember stories passed over for lack of room, to look at again when room frees up.
         self._waiting.update(s.story_id for s in candidates
@@ -238,6 +245,9 @@ class Engine:
         if chosen:
             self.claiming.update(ids)
             self._spawn(self._claim_batch(chosen, time.monotonic()), f"claim:{len(ids)}")
+
+    def _is_dead(self, node: str) -> bool:
+        return self.liveness.is_dead(node, time.monotonic())
 
     async def _claim_batch(self, chosen: list[Story], seen: float) -> None:
         ids = [s.story_id for s in chosen]
@@ -248,8 +258,7 @@ class Engine:
             chosen = [
                 current for s in chosen
                 if (current := self.doc.story(s.story_id)) is not None
-                and claims.decide(current, me=self.me, stories=self.doc.stories, nodes=self.doc.nodes, now=now,
-                                  claim_timeout=self.settings.claim_timeout_seconds).wants_claim
+                and claims.decide(current, me=self.me, stories=self.doc.stories, is_dead=self._is_dead).wants_claim
             ]
             if not chosen:
                 return
@@ -352,7 +361,7 @@ class Engine:
     def _settle_finished_claim(self, spec: objects.RunSpec, phase: str) -> None:
         now = self.clock()
         if phase == "Succeeded":
-            moved = self.doc.complete(spec.story_id, self.me, spec.epoch, now)
+            moved = self.doc.complete(spec.story_id, self.me, spec.epoch, spec.stage, now)
             log.info("story %s: claim %d had already succeeded; moved to %s", spec.story_id, spec.epoch, moved)
         else:
             self.doc.release(spec.story_id, self.me, now)
@@ -507,7 +516,7 @@ class Engine:
                 status["commit"] = str(result.get("commit") or "")
                 status["pushed"] = bool(result.get("pushed"))
             if condition == "Complete":
-                new_stage = self.doc.complete(sid, self.me, run.spec.epoch, now)
+                new_stage = self.doc.complete(sid, self.me, run.spec.epoch, run.spec.stage, now)
                 status.update(phase="Succeeded",
                               reason=f"advanced to {new_stage}" if new_stage else "claim no longer ours")
                 event_reason, warning = "Succeeded", False
@@ -529,7 +538,7 @@ class Engine:
                 why = str(result.get("error") or "") or objects.job_failure_reason(job)
                 if exit_code is not None:
                     why = f"exit code {exit_code}: {why}"
-                counted = self.doc.record_failure(sid, self.me, run.spec.epoch, now, reason=why,
+                counted = self.doc.record_failure(sid, self.me, run.spec.epoch, run.spec.stage, now, reason=why,
                                                   max_retries=self.settings.max_retries)
                 retries, blocked = counted if counted else (None, False)
                 status.update(phase="Failed", reason=why[:300])
@@ -596,14 +605,12 @@ class Engine:
         self.cooldown = {k: v for k, v in self.cooldown.items() if v > now}
         for sid in [k for k, lock in self._locks.items() if not lock.locked() and k not in self.runs]:
             del self._locks[sid]
-        # Work held by dead nodes: take it (reconcile below) or, without room, free it.
-        dead = claims.dead_claims(stories.values(), me=self.me, nodes=self.doc.nodes, now=now,
-                                  claim_timeout=self.settings.claim_timeout_seconds)
-        room = self.settings.max_concurrent - self.busy
-        for story in dead[max(0, room):]:
-            if self.doc.release(story.story_id, story.claimed_by, now, bump_epoch=True):
-                log.info("released story %s held by dead node %s", story.story_id, story.claimed_by)
-                self.metrics.claims.labels("released").inc()
+        # Nobody releases another node's claim (claim protocol v2): work held by dead
+        # nodes is taken over by reconcile below with a higher epoch of our own.
+        if self.sync.connected:
+            self.liveness.link_up(time.monotonic())
+        else:
+            self.liveness.link_down()
         self._dirty.update(stories)
         self._dirty.update(self.runs)
         self._wake.set()
