@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 
 from huskies_agent.commands.crd_cmd import crd_text  # noqa: E402
-from huskies_agent.devcluster import ControlPlane, find_testbin  # noqa: E402
 from huskies_agent.k8s.api import Kube, connect  # noqa: E402
-from huskies_agent.localrun import FAST, metrics_text, start_operator, start_rendezvous  # noqa: E402
 from huskies_agent.pipeline.document import PipelineDoc  # noqa: E402
 from huskies_agent.pipeline.model import NodePresence  # noqa: E402
 from huskies_agent.sync.client import RendezvousClient  # noqa: E402
+from huskies_agent_dev.devcluster import ControlPlane, find_testbin  # noqa: E402
+from huskies_agent_dev.localrun import FAST, metrics_text, start_operator, start_rendezvous  # noqa: E402
 from machine import describe  # noqa: E402  (bench/machine.py)
 
 

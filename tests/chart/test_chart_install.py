@@ -453,7 +453,7 @@ def test_operator_process_runs_as_the_service_account(install: Install, sa_kubec
 
     from kubernetes import client
 
-    from huskies_agent.localrun import start_rendezvous
+    from huskies_agent_dev.localrun import start_rendezvous
 
     core = client.CoreV1Api(install.api)
     config = tmp_path / "config.yaml"
@@ -523,7 +523,7 @@ async def test_operator_completes_a_story_with_only_the_charts_rbac(
     from kubernetes import client
     from tests.e2e.harness import eventually, flush, kube, pipeline
 
-    from huskies_agent.localrun import start_operator, start_rendezvous
+    from huskies_agent_dev.localrun import start_operator, start_rendezvous
 
     assert install.plane is cluster
     core = client.CoreV1Api(install.api)
