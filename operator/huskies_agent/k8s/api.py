@@ -4,9 +4,7 @@ Plain JSON over aiohttp (already a kopf dependency): objects go in and come out 
 dicts exactly as the API serves them. A generated client library would add ~65 MB of
 imported models and per-object (de)serialisation cost for the dozen calls made here.
 
-Credentials: the pod's ServiceAccount (token re-read on every request, so rotated
-tokens keep working), else ``$KUBECONFIG``/``~/.kube/config`` (client certificates,
-bearer tokens, basic auth; exec/auth-provider plugins are not supported).
+Credentials come from :mod:`huskies_agent.k8s.credentials` (the same resolution kopf's login uses).
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import base64
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 import ssl
 import tempfile
@@ -26,60 +23,43 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
-import yaml
 
 from huskies_agent.k8s import naming
+from huskies_agent.k8s.credentials import Credentials, resolve
+from huskies_agent.k8s.errors import (
+    ApiError,
+    ApiException,
+    Conflict,
+    Forbidden,
+    Gone,
+    Invalid,
+    NotFound,
+    ServerError,
+    TooManyRequests,
+    error_for,
+    is_conflict,
+    is_not_found,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ApiException", "Connection", "Kube", "connect", "is_conflict", "is_not_found"]
-
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-
-class ApiException(Exception):
-    """A non-2xx answer of the API server."""
-
-    def __init__(self, status: int, reason: str, body: str = "", method: str = "", path: str = "") -> None:
-        self.status = status
-        self.reason = reason
-        self.body = body
-        super().__init__(f"{method} {path}: {status} {reason}".strip())
-
-    @property
-    def message(self) -> str:
-        try:
-            return str(json.loads(self.body).get("message") or self.reason)
-        except (ValueError, AttributeError):
-            return self.reason
-
-
-def is_not_found(exc: BaseException) -> bool:
-    return isinstance(exc, ApiException) and exc.status == 404
-
-
-def is_conflict(exc: BaseException) -> bool:
-    return isinstance(exc, ApiException) and exc.status == 409
-
+__all__ = [
+    "ApiError", "ApiException", "Conflict", "Connection", "Forbidden", "Gone", "Invalid", "Kube", "NotFound",
+    "ServerError", "TooManyRequests", "connect", "is_conflict", "is_not_found",
+]
 
 @dataclass
 class Connection:
     server: str
     session: aiohttp.ClientSession
     ssl_context: ssl.SSLContext | bool
-    token: str | None = None
-    token_file: Path | None = None
+    credentials: Credentials
     basic: aiohttp.BasicAuth | None = None
     #: Private directory holding credentials decoded from kubeconfig ``*-data`` fields.
     scratch: Path | None = None
 
     def headers(self) -> dict[str, str]:
-        token = self.token
-        if self.token_file is not None:
-            try:
-                token = self.token_file.read_text().strip()
-            except OSError:
-                pass
+        token = self.credentials.bearer_token()  # re-read: rotated ServiceAccount tokens keep working
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def close(self) -> None:
@@ -88,70 +68,46 @@ class Connection:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def _pem_file(data: str, suffix: str, directory: Path) -> str:
-    path = directory / suffix
+def _pem_file(data: str, name: str, directory: Path) -> str:
+    path = directory / name
     path.write_bytes(base64.b64decode(data))
     path.chmod(0o600)
-    return str(path)
+    return path.as_posix()
 
 
-def _from_kubeconfig(
-    path: str, tmp: Path
-) -> tuple[str, ssl.SSLContext | bool, str | None, aiohttp.BasicAuth | None]:
-    config = yaml.safe_load(Path(path).expanduser().read_text()) or {}
-    name = config.get("current-context")
-    if not name:
-        raise RuntimeError(f"{path}: no current-context")
-    by_name = {k: {i["name"]: i.get(k[:-1]) or {} for i in config.get(k) or []}
-               for k in ("contexts", "clusters", "users")}
-    context = by_name["contexts"][name]
-    cluster = by_name["clusters"][context["cluster"]]
-    user = by_name["users"].get(context.get("user"), {})
-    if "exec" in user or "auth-provider" in user:
-        raise RuntimeError(f"{path}: exec and auth-provider credentials are not supported")
-    base = Path(path).expanduser().resolve().parent
-    if cluster.get("insecure-skip-tls-verify"):
+def ssl_context(creds: Credentials, scratch: Path) -> ssl.SSLContext | bool:
+    """TLS settings for ``creds``; ``*-data`` fields are written to files in ``scratch`` first."""
+    if creds.insecure:
         ctx: ssl.SSLContext | bool = False
     else:
         ctx = ssl.create_default_context()
-        if cluster.get("certificate-authority-data"):
-            ctx.load_verify_locations(cafile=_pem_file(cluster["certificate-authority-data"], "ca.crt", tmp))
-        elif cluster.get("certificate-authority"):
-            ctx.load_verify_locations(cafile=str(base / cluster["certificate-authority"]))
-    cert = user.get("client-certificate")
-    key = user.get("client-key")
-    if user.get("client-certificate-data"):
-        cert = _pem_file(user["client-certificate-data"], "client.crt", tmp)
-    if user.get("client-key-data"):
-        key = _pem_file(user["client-key-data"], "client.key", tmp)
+        if creds.ca_data:
+            ctx.load_verify_locations(cafile=_pem_file(creds.ca_data, "ca.crt", scratch))
+        elif creds.ca_path:
+            ctx.load_verify_locations(cafile=creds.ca_path)
+    cert = _pem_file(creds.cert_data, "client.crt", scratch) if creds.cert_data else creds.cert_path
+    key = _pem_file(creds.key_data, "client.key", scratch) if creds.key_data else creds.key_path
     if cert and key:
         if not isinstance(ctx, ssl.SSLContext):
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        ctx.load_cert_chain(str(base / cert), str(base / key))
-    basic = aiohttp.BasicAuth(user["username"], user.get("password", "")) if user.get("username") else None
-    return str(cluster["server"]).rstrip("/"), ctx, user.get("token"), basic
+        ctx.load_cert_chain(cert, key)
+    return ctx
 
 
-async def connect(kubeconfig: str | None = None) -> Connection:
-    """A connection from ``kubeconfig``, else ``$KUBECONFIG``, else in-cluster, else ~/.kube/config."""
+async def connect(kubeconfig: str | None = None, *, credentials: Credentials | None = None) -> Connection:
+    """A connection with ``credentials``, else those :func:`~huskies_agent.k8s.credentials.resolve` finds."""
+    creds = credentials or resolve(kubeconfig)
     session_kwargs: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=60, sock_connect=10)}
-    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
-    if kubeconfig is None and (SA_DIR / "token").exists() and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        host = os.environ["KUBERNETES_SERVICE_HOST"]
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        host = f"[{host}]" if ":" in host else host
-        sa_ctx = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
-        return Connection(f"https://{host}:{port}", aiohttp.ClientSession(**session_kwargs), sa_ctx,
-                          token_file=SA_DIR / "token")
     scratch = Path(tempfile.mkdtemp(prefix="huskies-kube-"))
     try:
-        server, ctx, token, basic = _from_kubeconfig(kubeconfig or "~/.kube/config", scratch)
+        ctx = ssl_context(creds, scratch)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    return Connection(server, aiohttp.ClientSession(**session_kwargs), ctx, token=token, basic=basic,
+    basic = aiohttp.BasicAuth(creds.username, creds.password or "") if creds.username else None
+    return Connection(creds.server, aiohttp.ClientSession(**session_kwargs), ctx, credentials=creds, basic=basic,
                       scratch=scratch)
 
 
@@ -181,7 +137,7 @@ class Kube:
         self, method: str, path: str, body: Any = None, *, params: Mapping[str, Any] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        """One API call; the decoded JSON answer, or :class:`ApiException`."""
+        """One API call; the decoded JSON answer, or the typed :class:`ApiError` for the status."""
         c = self.connection
         url = c.server + path + (("?" + urlencode(params)) if params else "")
         headers = {"Accept": "application/json", **c.headers()}
@@ -193,7 +149,7 @@ class Kube:
                                      auth=c.basic) as resp:
             text = await resp.text()
             if resp.status >= 300:
-                raise ApiException(resp.status, resp.reason or "", text, method, path)
+                raise error_for(resp.status, resp.reason or "", text, method, path, resp.headers.get("Retry-After"))
             return json.loads(text) if text else None
 
     async def watch(self, path: str, params: Mapping[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -205,7 +161,7 @@ class Kube:
         async with c.session.get(url, headers=c.headers(), ssl=c.ssl_context, auth=c.basic,
                                  timeout=timeout) as resp:
             if resp.status >= 300:
-                raise ApiException(resp.status, resp.reason or "", await resp.text(), "WATCH", path)
+                raise error_for(resp.status, resp.reason or "", await resp.text(), "WATCH", path)
             async for line in resp.content:
                 if line.strip():
                     yield json.loads(line)
@@ -248,17 +204,16 @@ class Kube:
         gone = False
         try:
             await self.request("DELETE", f"{self._jobs}/{name}", {"propagationPolicy": "Background"})
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        except NotFound:
             gone = True
         # Do not wait for the garbage collector: stop the pods at once.
         try:
             await self.request("DELETE", self._pods, {"gracePeriodSeconds": pod_grace_seconds},
                                params={"labelSelector": f"job-name={name}"})
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("could not delete pods of job %s: %s", name, exc.message)
+        except NotFound:
+            pass
+        except ApiError as exc:
+            log.warning("could not delete pods of job %s: %s", name, exc.message)
         return not gone
 
     async def list_pods(self, selector: str) -> list[dict[str, Any]]:
@@ -275,10 +230,8 @@ class Kube:
         try:
             result: dict[str, Any] = await self.request("GET", f"{self._leases}/{name}")
             return result
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
 
     async def create_lease(self, body: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", self._leases, body)
@@ -293,10 +246,8 @@ class Kube:
         try:
             result: dict[str, Any] = await self.request("GET", f"{self._configmaps}/{name}")
             return result
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
 
     async def create_configmap(self, body: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", self._configmaps, body)
