@@ -345,8 +345,9 @@ async def test_operator_api_calls_succeed_as_the_service_account(
 ) -> None:
     """The operator's own code (k8s.api.Kube, leadership) works with the chart's RBAC alone."""
     from kubernetes import client as sync_client
+    from tests.helpers.kube import TestKube
 
-    from huskies_agent.k8s.api import Kube, connect
+    from huskies_agent.k8s.api import connect
     from huskies_agent.k8s.objects import RunSpec, build_job, build_storyjob, selector_for_instance
     from huskies_agent.leadership import LeaderElector, ensure_node_id
     from huskies_agent.settings import Settings
@@ -358,7 +359,7 @@ async def test_operator_api_calls_succeed_as_the_service_account(
     assert settings.namespace == NS and settings.instance == RELEASE
 
     api = await connect(str(sa_kubeconfig))
-    kube = Kube(api, settings.namespace)
+    kube = TestKube(api, settings.namespace)
     try:
         # identity ConfigMap: create once, then read
         node_id = await ensure_node_id(kube, settings)

@@ -8,6 +8,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from tests.helpers.kube import TestKube
+
 from huskies_agent.k8s.api import Kube, connect
 from huskies_agent.pipeline.document import PipelineDoc
 from huskies_agent.pipeline.model import NodePresence
@@ -52,9 +54,9 @@ def pretend_node(doc: PipelineDoc, node_id: str, *, alive_for: float = 3600) -> 
 
 
 @contextlib.asynccontextmanager
-async def kube(kubeconfig: str, namespace: str) -> AsyncIterator[Kube]:
+async def kube(kubeconfig: str, namespace: str) -> AsyncIterator[TestKube]:
     api = await connect(kubeconfig)
-    k = Kube(api, namespace)
+    k = TestKube(api, namespace)
     try:
         yield k
     finally:

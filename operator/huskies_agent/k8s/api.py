@@ -9,6 +9,7 @@ Credentials come from :mod:`huskies_agent.k8s.credentials` (the same resolution 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
@@ -16,7 +17,7 @@ import logging
 import shutil
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
+from huskies_agent.backoff import Backoff
 from huskies_agent.k8s import naming
 from huskies_agent.k8s.credentials import Credentials, resolve
 from huskies_agent.k8s.errors import (
@@ -39,13 +41,14 @@ from huskies_agent.k8s.errors import (
     error_for,
     is_conflict,
     is_not_found,
+    should_retry,
 )
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ApiError", "ApiException", "Conflict", "Connection", "Forbidden", "Gone", "Invalid", "Kube", "NotFound",
-    "ServerError", "TooManyRequests", "connect", "is_conflict", "is_not_found",
+    "RetryPolicy", "ServerError", "TooManyRequests", "connect", "is_conflict", "is_not_found",
 ]
 
 @dataclass
@@ -115,12 +118,29 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently :meth:`Kube.request` repeats a call :func:`should_retry` allows."""
+
+    #: Tries in all, the first included (1: never retry).
+    attempts: int = 4
+    minimum: float = 0.2
+    maximum: float = 5.0
+    #: A longer ``Retry-After`` is waited for only this long before the next try.
+    max_retry_after: float = 30.0
+
+
 class Kube:
     """The operator's API calls in one namespace."""
 
-    def __init__(self, connection: Connection, namespace: str) -> None:
+    def __init__(
+        self, connection: Connection, namespace: str, *, retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.connection = connection
         self.namespace = namespace
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
         ns = quote(namespace, safe="")
         self._storyjobs = f"/apis/{naming.GROUP}/{naming.VERSION}/namespaces/{ns}/{naming.PLURAL}"
         self._jobs = f"/apis/batch/v1/namespaces/{ns}/jobs"
@@ -137,7 +157,35 @@ class Kube:
         self, method: str, path: str, body: Any = None, *, params: Mapping[str, Any] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        """One API call; the decoded JSON answer, or the typed :class:`ApiError` for the status."""
+        """One API call; the decoded JSON answer, or the typed :class:`ApiError` for the status.
+
+        Throttling (429), and for reads also server errors and lost connections, are retried with
+        the package's backoff, waiting at least what ``Retry-After`` asks (see
+        :mod:`huskies_agent.k8s.errors` for which calls and why).
+        """
+        policy = self.retry
+        backoff = Backoff(policy.minimum, policy.maximum)
+        for attempt in range(1, max(1, policy.attempts) + 1):
+            try:
+                return await self._request_once(method, path, body, params, content_type)
+            except ApiError as exc:
+                if attempt >= policy.attempts or not should_retry(method, exc):
+                    raise
+                failure: BaseException = exc
+                delay = backoff.next_delay(min(exc.retry_after or 0.0, policy.max_retry_after))
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                if attempt >= policy.attempts or not should_retry(method, None):
+                    raise
+                failure = exc
+                delay = backoff.next_delay()
+            log.debug("%s %s failed (%s); try %d of %d in %.2fs", method, path, failure or type(failure).__name__,
+                      attempt + 1, policy.attempts, delay)
+            await self._sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _request_once(
+        self, method: str, path: str, body: Any, params: Mapping[str, Any] | None, content_type: str,
+    ) -> Any:
         c = self.connection
         url = c.server + path + (("?" + urlencode(params)) if params else "")
         headers = {"Accept": "application/json", **c.headers()}
@@ -151,20 +199,6 @@ class Kube:
             if resp.status >= 300:
                 raise error_for(resp.status, resp.reason or "", text, method, path, resp.headers.get("Retry-After"))
             return json.loads(text) if text else None
-
-    async def watch(self, path: str, params: Mapping[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Stream watch events (``{"type", "object"}``) until the server ends the watch."""
-        c = self.connection
-        query = {"watch": "true", **(params or {})}
-        url = c.server + path + "?" + urlencode(query)
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
-        async with c.session.get(url, headers=c.headers(), ssl=c.ssl_context, auth=c.basic,
-                                 timeout=timeout) as resp:
-            if resp.status >= 300:
-                raise error_for(resp.status, resp.reason or "", await resp.text(), "WATCH", path)
-            async for line in resp.content:
-                if line.strip():
-                    yield json.loads(line)
 
     # ------------------------------------------------------------------ StoryJobs
     async def create_storyjob(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,10 +225,6 @@ class Kube:
         result: dict[str, Any] = await self.request("POST", self._jobs, body)
         return result
 
-    async def get_job(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("GET", f"{self._jobs}/{name}")
-        return result
-
     async def list_jobs(self, selector: str) -> list[dict[str, Any]]:
         data = await self.request("GET", self._jobs, params={"labelSelector": selector} if selector else None)
         return list(data.get("items") or [])
@@ -219,11 +249,6 @@ class Kube:
     async def list_pods(self, selector: str) -> list[dict[str, Any]]:
         data = await self.request("GET", self._pods, params={"labelSelector": selector} if selector else None)
         return list(data.get("items") or [])
-
-    async def evict_pod(self, name: str) -> None:
-        await self.request("POST", f"{self._pods}/{name}/eviction", {
-            "apiVersion": "policy/v1", "kind": "Eviction",
-            "metadata": {"name": name, "namespace": self.namespace}})
 
     # ------------------------------------------------------------------ Leases
     async def get_lease(self, name: str) -> dict[str, Any] | None:
