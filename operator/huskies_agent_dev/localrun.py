@@ -50,7 +50,8 @@ def start_rendezvous(log_dir: Path, port: int | None = None, db: Path | None = N
 #: Settings that make the operator react in test time rather than production time.
 FAST: dict[str, str] = {
     "HUSKIES_LEASE_DURATION_SECONDS": "3",
-    "HUSKIES_LEASE_RENEW_SECONDS": "1",
+    "HUSKIES_LEASE_RENEW_DEADLINE_SECONDS": "2",
+    "HUSKIES_LEASE_RETRY_PERIOD_SECONDS": "0.5",
     "HUSKIES_PRESENCE_INTERVAL_SECONDS": "1",
     "HUSKIES_RESYNC_INTERVAL_SECONDS": "1",
     "HUSKIES_RECONNECT_MIN_SECONDS": "0.2",
