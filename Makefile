@@ -27,9 +27,11 @@ testbin:
 test: venv testbin lint
 	$(VENV)/bin/pytest
 
+# ruff, mypy (strict) and the import contracts of pyproject.toml (docs/architecture.md).
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # Opt-in autoscaling tier (not part of `make test`): builds Karpenter's kwok provider into ~/.cache
 # (tools/testbin-optional/build-karpenter.sh, ~5 min cold) and runs tests/autoscale against it.
