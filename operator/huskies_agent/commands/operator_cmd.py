@@ -62,6 +62,7 @@ async def operate(settings: Any) -> int:
     from huskies_agent.metrics import Metrics
     from huskies_agent.pipeline.document import PipelineDoc
     from huskies_agent.sync.client import RendezvousClient
+    from huskies_agent.sync.stats import export_sync_metrics
 
     log.info("starting", extra={"settings": settings.public_dict()})
     api = await connect()
@@ -92,6 +93,7 @@ async def operate(settings: Any) -> int:
             reconnect_min=settings.reconnect_min_seconds, reconnect_max=settings.reconnect_max_seconds,
         )
         client.on_state(lambda connected: metrics.connected.set(1 if connected else 0))
+        export_sync_metrics(metrics, client.stats, lambda: client.synced, lambda: len(doc.encode_update()))
         engine = Engine(settings, kube, doc, client, node_id, metrics)
         async with client:
             slot.engine = engine
