@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testbin lint venv run
+.PHONY: test testbin lint venv run devcluster
 
 # The venv is (re)installed when pyproject.toml changes.
 $(PY):
@@ -44,3 +44,7 @@ test-autoscale: venv testbin
 # `make run ARGS=--keep` leaves everything running until Ctrl-C.
 run: venv testbin
 	$(VENV)/bin/huskies-agent --log-format text demo $(ARGS)
+
+# Only the loopback control plane (development package huskies_agent_dev), until Ctrl-C.
+devcluster: venv testbin
+	$(VENV)/bin/python -m huskies_agent_dev.devcluster $(ARGS)
