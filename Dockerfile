@@ -15,11 +15,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# .dockerignore lets in only pyproject.toml, README.md, LICENSE and operator/.
+# .dockerignore lets in only pyproject.toml, README.md, LICENSE and operator/ without the development
+# package operator/huskies_agent_dev, so the venv holds the runtime package huskies_agent alone.
 COPY . .
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install . \
- && /opt/venv/bin/huskies-agent version
+ && /opt/venv/bin/huskies-agent version \
+ && ! /opt/venv/bin/python -c "import huskies_agent_dev" 2>/dev/null
 
 # ---------------------------------------------------------------- claude: Node.js + Claude Code CLI
 # Claude Code needs Node.js >= 22; its npm package installs a native binary for the platform.

@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testbin lint venv run
+.PHONY: test testbin lint venv run devcluster
 
 # The venv is (re)installed when pyproject.toml changes.
 $(PY):
@@ -27,9 +27,11 @@ testbin:
 test: venv testbin lint
 	$(VENV)/bin/pytest
 
+# ruff, mypy (strict) and the import contracts of pyproject.toml (docs/architecture.md).
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # Opt-in autoscaling tier (not part of `make test`): builds Karpenter's kwok provider into ~/.cache
 # (tools/testbin-optional/build-karpenter.sh, ~5 min cold) and runs tests/autoscale against it.
@@ -42,3 +44,7 @@ test-autoscale: venv testbin
 # `make run ARGS=--keep` leaves everything running until Ctrl-C.
 run: venv testbin
 	$(VENV)/bin/huskies-agent --log-format text demo $(ARGS)
+
+# Only the loopback control plane (development package huskies_agent_dev), until Ctrl-C.
+devcluster: venv testbin
+	$(VENV)/bin/python -m huskies_agent_dev.devcluster $(ARGS)

@@ -27,14 +27,17 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers.kube import TestKube  # noqa: E402
 
 from huskies_agent.commands.crd_cmd import crd_text  # noqa: E402
-from huskies_agent.devcluster import ControlPlane, find_testbin  # noqa: E402
-from huskies_agent.k8s.api import Kube, connect  # noqa: E402
-from huskies_agent.localrun import FAST, metrics_text, start_operator, start_rendezvous  # noqa: E402
+from huskies_agent.k8s.api import connect  # noqa: E402
 from huskies_agent.pipeline.document import PipelineDoc  # noqa: E402
 from huskies_agent.pipeline.model import NodePresence  # noqa: E402
 from huskies_agent.sync.client import RendezvousClient  # noqa: E402
+from huskies_agent_dev.devcluster import ControlPlane, find_testbin  # noqa: E402
+from huskies_agent_dev.localrun import FAST, metrics_text, start_operator, start_rendezvous  # noqa: E402
 from machine import describe  # noqa: E402  (bench/machine.py)
 
 
@@ -47,7 +50,7 @@ def pct(values: list[float], p: float) -> float:
 class JobWatch:
     """Records when each Job name was first ADDED and DELETED, as seen by a watch."""
 
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: TestKube) -> None:
         self.kube = kube
         self.added: dict[str, float] = {}
         self.deleted: dict[str, float] = {}
@@ -133,7 +136,7 @@ async def bench(args: argparse.Namespace) -> None:
                                   rendezvous=url, log_dir=logs, env=env)
         procs.append(op)
         api = await connect(str(plane.kubeconfig_path))
-        kube = Kube(api, ns)
+        kube = TestKube(api, ns)
         doc = PipelineDoc()
         async with RendezvousClient(doc, url) as client, JobWatch(kube) as jobs:
             await client.wait_synced(timeout=30)

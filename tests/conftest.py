@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: a real Kubernetes control plane on loopback (huskies_agent.devcluster).
+"""Shared pytest fixtures: a real Kubernetes control plane on loopback (huskies_agent_dev.devcluster).
 
 Fixtures (all start lazily, at most once per test session):
 
@@ -12,7 +12,7 @@ Fixtures (all start lazily, at most once per test session):
 ``cluster_kube_env``  the same for the ``cluster`` plane.
 ``testbin``      Path of the directory with the binaries (for tests that start their own plane).
 
-Binaries come from tools/testbin/build.sh (see huskies_agent.devcluster.testbin). Outside CI, tests
+Binaries come from tools/testbin/build.sh (see huskies_agent_dev.devcluster.testbin). Outside CI, tests
 are skipped when the binaries are not built; with $CI set, build.sh is run and a failure is an error.
 When a test using a control plane fails, the tail of every component's log is attached to its report.
 """
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from huskies_agent.devcluster import ControlPlane, TestbinNotFound, Tier, find_testbin
-from huskies_agent.devcluster.testbin import APISERVER_BINARIES, CLUSTER_BINARIES
+from huskies_agent_dev.devcluster import ControlPlane, TestbinNotFound, Tier, find_testbin
+from huskies_agent_dev.devcluster.testbin import APISERVER_BINARIES, CLUSTER_BINARIES
 
 _CONTROL_PLANE_FIXTURES = ("apiserver", "cluster", "kube_env", "cluster_kube_env")
 _LOG_TAIL_LINES = 150

@@ -6,8 +6,12 @@ subcommands, a pinned Claude Code CLI, no secrets, a whitelisting .dockerignore.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,3 +218,103 @@ def test_parser_handles_continuations() -> None:
     )
     assert global_args == {"V": "1.2.3"}
     assert [(i.keyword, i.args) for i in stages[0].instructions] == [("RUN", "one two"), ("USER", "5")]
+
+
+# ------------------------------------------------------------------ the development package stays out
+
+DEV_PACKAGE = "huskies_agent_dev"
+
+
+def dockerignore_patterns() -> list[str]:
+    return [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def in_context(relative: str, patterns: list[str]) -> bool:
+    """Whether Docker sends ``relative`` (a file path) in the build context: the last matching pattern
+    wins, ``!`` re-includes, and a pattern naming a directory covers everything below it."""
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    included = True
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        body = pattern[1:] if negate else pattern
+        if any(fnmatch.fnmatchcase(p, body) or fnmatch.fnmatchcase(p, body.removeprefix("**/")) for p in prefixes):
+            included = negate
+    return included
+
+
+def build_context(dest: Path) -> Path:
+    """Copy the repository files Docker would send (tracked and untracked, no .git) into ``dest``."""
+    patterns = dockerignore_patterns()
+    for path in ROOT.rglob("*"):
+        rel = path.relative_to(ROOT).as_posix()
+        if path.is_file() and not rel.startswith((".git/", ".venv/")) and in_context(rel, patterns):
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    return dest
+
+
+def test_dockerignore_matcher() -> None:
+    patterns = ["*", "!operator", "operator/dev", "**/__pycache__"]
+    assert in_context("operator/huskies_agent/cli.py", patterns)
+    assert not in_context("operator/dev/x.py", patterns)
+    assert not in_context("tests/test_dockerfile.py", patterns)
+    assert not in_context("operator/pkg/__pycache__/a.pyc", patterns)
+
+
+def test_build_context_leaves_out_the_development_package() -> None:
+    patterns = dockerignore_patterns()
+    assert not in_context(f"operator/{DEV_PACKAGE}/__init__.py", patterns)
+    assert not in_context(f"operator/{DEV_PACKAGE}/devcluster/controlplane.py", patterns)
+    assert in_context("operator/huskies_agent/cli.py", patterns)
+    assert (ROOT / "operator" / DEV_PACKAGE / "__init__.py").is_file(), "the development package moved?"
+
+
+def test_build_stage_checks_the_development_package_is_absent(
+    dockerfile: tuple[dict[str, str], list[Stage]],
+) -> None:
+    _args, stages = dockerfile
+    runs = " ".join(i.args for i in _stage(stages, "build").all("RUN"))
+    assert re.search(rf'!\s+/opt/venv/bin/python -c "import {DEV_PACKAGE}"', runs)
+    for target in ("operator", "runner"):
+        copies = " ".join(i.args for i in _stage(stages, target).all("COPY"))
+        assert "operator/" not in copies, f"{target} copies sources past the build stage"
+
+
+SETUP_BUILD_PY = [sys.executable, "-c", "import setuptools; setuptools.setup()", "--quiet", "build_py", "--build-lib"]
+
+
+def test_the_image_build_holds_only_the_runtime_package(tmp_path: Path) -> None:
+    """Run setuptools' build over exactly the files Docker would send, as ``pip install .`` in the
+    build stage does, and look at what would be installed."""
+    context = build_context(tmp_path / "context")
+    out = tmp_path / "lib"
+    proc = subprocess.run(
+        [*SETUP_BUILD_PY, str(out)],
+        cwd=context, capture_output=True, text=True, check=False, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    tops = {p.name for p in out.iterdir()}
+    assert "huskies_agent" in tops
+    assert DEV_PACKAGE not in tops, f"the image would carry {DEV_PACKAGE}"
+    assert (out / "huskies_agent" / "crds" / "storyjobs.yaml").is_file()
+    assert (out / "huskies_agent" / "cli.py").is_file()
+    # Control: from the whole checkout the same build does include it (so the check above can fail).
+    full = tmp_path / "full"
+    proc = subprocess.run(
+        [*SETUP_BUILD_PY, str(full)],
+        cwd=build_context_all(tmp_path / "all"), capture_output=True, text=True, check=False, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (full / DEV_PACKAGE / "devcluster" / "kwok-stages.yaml").is_file()
+
+
+def build_context_all(dest: Path) -> Path:
+    """The packaging inputs without the .dockerignore filter."""
+    dest.mkdir(parents=True)
+    for rel in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / rel, dest / rel)
+    shutil.copytree(ROOT / "operator", dest / "operator", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return dest

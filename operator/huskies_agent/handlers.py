@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from huskies_agent.engine import Engine
-from huskies_agent.k8s import naming
+from huskies_agent.k8s import credentials, naming
 from huskies_agent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,9 @@ def build_registry(settings: Settings, slot: EngineSlot) -> kopf.OperatorRegistr
     }
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config.
-        info = kopf.login_with_service_account(**kwargs)
-        return info if info is not None else kopf.login_with_kubeconfig(**kwargs)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # The same resolution as the API client's connect(), so watches and writes reach one cluster.
+        return credentials.to_kopf(credentials.resolve())
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,26 +87,40 @@ class LeaderElector:
     Like client-go's elector, a standby judges another holder's Lease by its own
     monotonic clock: expired when the Lease has not changed (resourceVersion) for a
     lease duration since this replica first saw it, so clock skew between machines
-    does not let a standby steal a live leader's Lease. A leader that cannot renew
-    within the renew deadline (2/3 of the lease duration) steps down before a standby
-    may take over.
+    does not let a standby steal a live leader's Lease.
+
+    A leader's term runs from the *start* of its last successful renewal request (the
+    write may have landed at any moment of the request, and a standby's timer starts
+    only once it sees it) and lasts the renew deadline: with no successful renewal by
+    then it steps down, and no round may wait past that moment. Since the deadline is
+    shorter than the lease duration (client-go's margins, checked in settings), the
+    leader stops acting before any standby may take over, however slow the requests.
     """
 
     def __init__(self, kube: Kube, settings: Settings, *, clock: Clock = _utcnow,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.kube = kube
         self.settings = settings
         self.identity = settings.replica_id
         self.clock = clock
         self.monotonic = monotonic
+        self._sleep = sleep
         self.is_leader = False
         self._became_leader = asyncio.Event()
-        self.last_renewed: float | None = None  # monotonic time of our last successful write
+        #: Monotonic time at which our last successful acquire/renew request *started*.
+        self.last_renewed: float | None = None
         self._observed: tuple[str, float] | None = None  # (resourceVersion, monotonic time first seen)
 
     @property
     def renew_deadline(self) -> float:
-        return self.settings.lease_duration_seconds * 2 / 3
+        return self.settings.lease_renew_deadline_seconds
+
+    def round_budget(self) -> float:
+        """How long the next round may take: a leader's must end within its current term."""
+        if not self.is_leader or self.last_renewed is None:
+            return self.renew_deadline
+        return min(self.renew_deadline, self.last_renewed + self.renew_deadline - self.monotonic())
 
     async def wait_leader(self) -> None:
         await self._became_leader.wait()
@@ -114,6 +128,7 @@ class LeaderElector:
     async def try_acquire_or_renew(self) -> bool:
         """One round of the election; returns whether this replica holds the Lease."""
         s = self.settings
+        started = self.monotonic()  # the term is measured from here, not from the answer
         now = self.clock()
         lease = await self.kube.get_lease(s.lease_name)
         spec = {
@@ -137,7 +152,7 @@ class LeaderElector:
                 if is_conflict(exc):
                     return False
                 raise
-            self.last_renewed = self.monotonic()
+            self.last_renewed = started
             return True
         view = read_lease(lease)
         if view.holder and view.holder != self.identity and not self._observed_expired(lease, view):
@@ -154,7 +169,7 @@ class LeaderElector:
             if is_conflict(exc):
                 return False
             raise
-        self.last_renewed = self.monotonic()
+        self.last_renewed = started
         return True
 
     def _observed_expired(self, lease: dict[str, Any], view: LeaseView) -> bool:
@@ -169,14 +184,18 @@ class LeaderElector:
         """Campaign until leader, then renew; return when the Lease is lost."""
         s = self.settings
         while True:
-            try:
-                async with asyncio.timeout(self.renew_deadline):
-                    held = await self.try_acquire_or_renew()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # includes TimeoutError: a hung API call
-                log.warning("lease %s: %s", s.lease_name, exc or type(exc).__name__)
-                held = self.is_leader and self._renewal_still_valid()
+            budget = self.round_budget()
+            if budget <= 0:
+                held = False  # the term ended while we slept: step down without asking
+            else:
+                try:
+                    async with asyncio.timeout(budget):
+                        held = await self.try_acquire_or_renew()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # includes TimeoutError: a hung API call
+                    log.warning("lease %s: %s", s.lease_name, exc or type(exc).__name__)
+                    held = self.is_leader and self._renewal_still_valid()
             if held and not self.is_leader:
                 log.info("became leader (lease %s held by %s)", s.lease_name, self.identity)
                 self.is_leader = True
@@ -185,10 +204,10 @@ class LeaderElector:
                 log.error("lost leadership of lease %s", s.lease_name)
                 self.is_leader = False
                 return
-            await asyncio.sleep(s.lease_renew_seconds)
+            await self._sleep(s.lease_retry_period_seconds)
 
     def _renewal_still_valid(self) -> bool:
-        """Still leader after a failed round: only within the renew deadline of the last success."""
+        """Still leader after a failed round: only within the renew deadline of the last success's start."""
         if self.last_renewed is None:
             return False
         return self.monotonic() - self.last_renewed < self.renew_deadline

@@ -78,8 +78,13 @@ class Settings:
     node_id: str = ""
     #: Address advertised in the presence entry (informational).
     advertise_address: str = ""
+    #: Leader election, with client-go's names and defaults: a standby takes the Lease over after
+    #: ``lease_duration_seconds`` without a renewal; the leader steps down when it has not renewed
+    #: within ``lease_renew_deadline_seconds`` of its last successful renewal's start; every replica
+    #: tries every ``lease_retry_period_seconds``. duration > renew deadline > 1.2 x retry period.
     lease_duration_seconds: float = 15.0
-    lease_renew_seconds: float = 5.0
+    lease_renew_deadline_seconds: float = 10.0
+    lease_retry_period_seconds: float = 2.0
     presence_interval_seconds: float = 30.0
     #: A node not seen for this long is dead and its claims are released.
     claim_timeout_seconds: float = 600.0
@@ -149,7 +154,8 @@ class Settings:
                 f"rendezvous_url: expected ws://host:port/crdt-sync or wss://..., got {self.rendezvous_url!r}"
             )
         positive = (
-            "lease_duration_seconds", "lease_renew_seconds", "presence_interval_seconds",
+            "lease_duration_seconds", "lease_renew_deadline_seconds", "lease_retry_period_seconds",
+            "presence_interval_seconds",
             "claim_timeout_seconds", "resync_interval_seconds", "confirm_timeout_seconds",
             "finished_ttl_seconds", "no_pod_timeout_seconds", "image_pull_timeout_seconds",
             "pending_timeout_seconds", "reconnect_min_seconds", "reconnect_max_seconds",
@@ -161,8 +167,10 @@ class Settings:
             raise SettingsError(f"max_concurrent: must be 0 or more, got {self.max_concurrent}")
         if self.max_retries < 1:
             raise SettingsError(f"max_retries: must be at least 1, got {self.max_retries}")
-        if self.lease_renew_seconds >= self.lease_duration_seconds:
-            raise SettingsError("lease_renew_seconds: must be shorter than lease_duration_seconds")
+        lease_margin_error = check_lease_margins(
+            self.lease_duration_seconds, self.lease_renew_deadline_seconds, self.lease_retry_period_seconds)
+        if lease_margin_error:
+            raise SettingsError(lease_margin_error)
         if self.claim_settle_seconds < 0:
             raise SettingsError("claim_settle_seconds: must be 0 or more")
         if self.build.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
@@ -182,6 +190,29 @@ class Settings:
         return data
 
 
+#: client-go's JitterFactor: the renew deadline leaves room for at least one jittered retry.
+LEASE_JITTER_FACTOR = 1.2
+
+#: Settings that were renamed: the error for the old name says the new one.
+RENAMED = {"lease_renew_seconds": "lease_retry_period_seconds (and see lease_renew_deadline_seconds)"}
+
+
+def check_lease_margins(duration: float, renew_deadline: float, retry_period: float) -> str:
+    """Why these election timings are unsafe ("" when they are fine); client-go's rules.
+
+    The deadline must be shorter than the duration, so a leader that cannot renew stops acting
+    before a standby may take over; and longer than a jittered retry period, so a leader gets at
+    least one more try before it gives up.
+    """
+    if renew_deadline >= duration:
+        return (f"lease_renew_deadline_seconds ({renew_deadline:g}) must be shorter than "
+                f"lease_duration_seconds ({duration:g})")
+    if renew_deadline <= LEASE_JITTER_FACTOR * retry_period:
+        return (f"lease_renew_deadline_seconds ({renew_deadline:g}) must be longer than "
+                f"{LEASE_JITTER_FACTOR:g} x lease_retry_period_seconds ({retry_period:g})")
+    return ""
+
+
 T = TypeVar("T")
 
 
@@ -198,7 +229,7 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
         field_name = name[len("build_"):]
         if name.startswith("build_") and field_name in build_hints:
             build[field_name] = _env_value(value, build_hints[field_name])
-        elif name == "rendezvous_token_file":
+        elif name == "rendezvous_token_file" or name in RENAMED:
             out[name] = value
         elif name in top_hints and name != "build":
             out[name] = _env_value(value, top_hints[name])
@@ -227,6 +258,9 @@ def _build(cls: type[T], raw: Mapping[str, Any], prefix: str) -> T:
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(raw) - names
+    renamed = sorted(u for u in unknown if not prefix and u in RENAMED)
+    if renamed:
+        raise SettingsError("; ".join(f"{u} was renamed: use {RENAMED[u]}" for u in renamed))
     if unknown:
         raise SettingsError(f"unknown setting(s): {', '.join(sorted(prefix + u for u in unknown))}")
     kwargs: dict[str, Any] = {}

@@ -25,8 +25,8 @@ from tests.autoscale import karpenter
 from tests.autoscale.karpenter import KarpenterKwok
 
 from huskies_agent.commands.crd_cmd import crd_text
-from huskies_agent.devcluster import ControlPlane, NodeSpec, find_testbin
-from huskies_agent.localrun import Proc, start_operator, start_rendezvous
+from huskies_agent_dev.devcluster import ControlPlane, NodeSpec, find_testbin
+from huskies_agent_dev.localrun import Proc, start_operator, start_rendezvous
 
 POOL_LABEL = "huskies.dev/pool"
 BUILD_TAINT = {"key": "huskies.dev/build", "value": "true", "effect": "NoSchedule"}

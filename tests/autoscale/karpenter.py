@@ -31,8 +31,8 @@ from typing import Any
 
 import yaml
 
-from huskies_agent.devcluster import ControlPlane
-from huskies_agent.devcluster._http import AdminClient
+from huskies_agent_dev.devcluster import ControlPlane
+from huskies_agent_dev.devcluster._http import AdminClient
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "tools" / "testbin-optional" / "build-karpenter.sh"

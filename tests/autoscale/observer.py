@@ -15,9 +15,9 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from huskies_agent.devcluster import ApiError, ControlPlane
-from huskies_agent.devcluster._http import AdminClient
 from huskies_agent.k8s import naming
+from huskies_agent_dev.devcluster import ApiError, ControlPlane
+from huskies_agent_dev.devcluster._http import AdminClient
 
 NODEPOOL_LABEL = "karpenter.sh/nodepool"
 UNREGISTERED_TAINT = "karpenter.sh/unregistered"

@@ -79,7 +79,7 @@ def find_helm_binary() -> Path:
     override = os.environ.get("HELM")
     if override:
         return Path(override)
-    from huskies_agent.devcluster import TestbinNotFound, find_testbin
+    from huskies_agent_dev.devcluster import TestbinNotFound, find_testbin
 
     if os.environ.get("CI"):
         return find_testbin(build=True, need=("helm",)) / "helm"

@@ -346,8 +346,9 @@ async def test_operator_api_calls_succeed_as_the_service_account(
 ) -> None:
     """The operator's own code (k8s.api.Kube, leadership) works with the chart's RBAC alone."""
     from kubernetes import client as sync_client
+    from tests.helpers.kube import TestKube
 
-    from huskies_agent.k8s.api import Kube, connect
+    from huskies_agent.k8s.api import connect
     from huskies_agent.k8s.objects import RunSpec, build_job, build_storyjob, selector_for_instance
     from huskies_agent.leadership import LeaderElector, ensure_node_id
     from huskies_agent.settings import Settings
@@ -359,7 +360,7 @@ async def test_operator_api_calls_succeed_as_the_service_account(
     assert settings.namespace == NS and settings.instance == RELEASE
 
     api = await connect(str(sa_kubeconfig))
-    kube = Kube(api, settings.namespace)
+    kube = TestKube(api, settings.namespace)
     try:
         # identity ConfigMap: create once, then read
         node_id = await ensure_node_id(kube, settings)
@@ -454,7 +455,7 @@ def test_operator_process_runs_as_the_service_account(install: Install, sa_kubec
 
     from kubernetes import client
 
-    from huskies_agent.localrun import start_rendezvous
+    from huskies_agent_dev.localrun import start_rendezvous
 
     core = client.CoreV1Api(install.api)
     config = tmp_path / "config.yaml"
@@ -524,7 +525,7 @@ async def test_operator_completes_a_story_with_only_the_charts_rbac(
     from kubernetes import client
     from tests.e2e.harness import eventually, flush, kube, pipeline
 
-    from huskies_agent.localrun import start_operator, start_rendezvous
+    from huskies_agent_dev.localrun import start_operator, start_rendezvous
 
     assert install.plane is cluster
     core = client.CoreV1Api(install.api)

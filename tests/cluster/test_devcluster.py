@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from huskies_agent.devcluster import ControlPlane, ControlPlaneError
-from huskies_agent.devcluster.controlplane import sweep_stale_etcd_dirs
-from huskies_agent.devcluster.pki import create_pki
+from huskies_agent_dev.devcluster import ControlPlane, ControlPlaneError
+from huskies_agent_dev.devcluster.controlplane import sweep_stale_etcd_dirs
+from huskies_agent_dev.devcluster.pki import create_pki
 
 
 def _listening(port: int) -> bool:
@@ -90,9 +90,10 @@ def test_context_manager_leaves_nothing_behind(testbin: Path, tmp_path: Path) ->
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_main_stops_components_when_signalled(testbin: Path, tmp_path: Path, sig: signal.Signals) -> None:
-    """`python -m huskies_agent.devcluster` stops its components on SIGTERM, and they die with it on SIGKILL."""
+    """`python -m huskies_agent_dev.devcluster` stops its components on SIGTERM, and they die with it on SIGKILL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "huskies_agent.devcluster", "--tier", "apiserver", "--run-dir", str(tmp_path / "run")],
+        [sys.executable, "-m", "huskies_agent_dev.devcluster", "--tier", "apiserver",
+         "--run-dir", str(tmp_path / "run")],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

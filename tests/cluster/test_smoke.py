@@ -14,7 +14,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from huskies_agent.devcluster import ControlPlane
+from huskies_agent_dev.devcluster import ControlPlane
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "operator" / "huskies_agent" / "crds" / "storyjobs.yaml"
 GROUP, VERSION, PLURAL = "huskies.dev", "v1alpha1", "storyjobs"

@@ -15,7 +15,7 @@ from kubernetes import client as kclient
 from kubernetes import config as kconfig
 from tests.e2e.harness import Proc, dump, start_operator, start_rendezvous
 
-from huskies_agent.devcluster import ControlPlane
+from huskies_agent_dev.devcluster import ControlPlane
 
 _counter = itertools.count()
 

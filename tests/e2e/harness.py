@@ -1,4 +1,4 @@
-"""Operator test helpers: a pipeline peer, API access, polling (processes: huskies_agent.localrun)."""
+"""Operator test helpers: a pipeline peer, API access, polling (processes: huskies_agent_dev.localrun)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from tests.helpers.kube import TestKube
+
 from huskies_agent.k8s.api import Kube, connect
-from huskies_agent.localrun import FAST, Proc, free_port, metrics_text, start_operator, start_rendezvous, wait_http
 from huskies_agent.pipeline.document import PipelineDoc
 from huskies_agent.pipeline.model import NodePresence
 from huskies_agent.sync.client import RendezvousClient
+from huskies_agent_dev.localrun import FAST, Proc, free_port, metrics_text, start_operator, start_rendezvous, wait_http
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1,
@@ -52,9 +54,9 @@ def pretend_node(doc: PipelineDoc, node_id: str, *, alive_for: float = 3600) -> 
 
 
 @contextlib.asynccontextmanager
-async def kube(kubeconfig: str, namespace: str) -> AsyncIterator[Kube]:
+async def kube(kubeconfig: str, namespace: str) -> AsyncIterator[TestKube]:
     api = await connect(kubeconfig)
-    k = Kube(api, namespace)
+    k = TestKube(api, namespace)
     try:
         yield k
     finally:

@@ -9,7 +9,7 @@ import pytest
 from tests.e2e.conftest import apply_storyjob_crd
 from tests.e2e.harness import eventually, flush, kube, pipeline
 
-from huskies_agent.devcluster import ControlPlane, find_testbin
+from huskies_agent_dev.devcluster import ControlPlane, find_testbin
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -30,7 +30,7 @@ def second_cluster(cluster, tmp_path_factory, request):
 
 async def test_two_clusters_share_the_pipeline(start_op, namespace_factory, second_cluster, cluster, rendezvous,
                                               log_dir, procs):
-    from huskies_agent.localrun import start_operator
+    from huskies_agent_dev.localrun import start_operator
 
     ns1 = namespace_factory()
     second_cluster.create_namespace("builds")

@@ -153,7 +153,8 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
   "node_id" .Values.nodeId
   "advertise_address" .Values.advertiseAddress
   "lease_duration_seconds" .Values.lease.durationSeconds
-  "lease_renew_seconds" .Values.lease.renewSeconds
+  "lease_renew_deadline_seconds" .Values.lease.renewDeadlineSeconds
+  "lease_retry_period_seconds" .Values.lease.retryPeriodSeconds
   "presence_interval_seconds" .Values.presenceIntervalSeconds
   "claim_timeout_seconds" .Values.claimTimeoutSeconds
   "max_concurrent" .Values.maxConcurrent
@@ -188,8 +189,11 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
 {{- if not .Values.rendezvous.url }}
 {{- fail "rendezvous.url is required: the rendezvous WebSocket URL, e.g. --set rendezvous.url=wss://rendezvous.example.com/crdt-sync" }}
 {{- end }}
-{{- if ge (float64 .Values.lease.renewSeconds) (float64 .Values.lease.durationSeconds) }}
-{{- fail (printf "lease.renewSeconds (%v) must be shorter than lease.durationSeconds (%v)" .Values.lease.renewSeconds .Values.lease.durationSeconds) }}
+{{- if ge (float64 .Values.lease.renewDeadlineSeconds) (float64 .Values.lease.durationSeconds) }}
+{{- fail (printf "lease.renewDeadlineSeconds (%v) must be shorter than lease.durationSeconds (%v)" .Values.lease.renewDeadlineSeconds .Values.lease.durationSeconds) }}
+{{- end }}
+{{- if le (float64 .Values.lease.renewDeadlineSeconds) (mulf 1.2 (float64 .Values.lease.retryPeriodSeconds)) }}
+{{- fail (printf "lease.renewDeadlineSeconds (%v) must be longer than 1.2 x lease.retryPeriodSeconds (%v)" .Values.lease.renewDeadlineSeconds .Values.lease.retryPeriodSeconds) }}
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled }}
 {{- fail "metrics.serviceMonitor.enabled and metrics.podMonitor.enabled are both true: every series would be scraped twice; enable one of them" }}

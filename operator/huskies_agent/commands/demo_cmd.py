@@ -4,6 +4,11 @@ Starts a real control plane (etcd, kube-apiserver, controllers, scheduler, kwok 
 nodes), a rendezvous, and the operator; adds a sample story in ``2_current`` and
 prints ``kubectl get storyjobs`` as the story becomes a StoryJob, a Job, a pod, and
 moves on to ``3_qa``. With ``--keep`` everything stays up until Ctrl-C.
+
+A developer command: the control plane and the local processes come from the development
+package ``huskies_agent_dev``, imported lazily inside :func:`run` (the only import of it in the
+runtime package; the import-linter contract allows exactly this one). The operator image does not
+carry that package, so there ``demo`` exits with a message instead of a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import argparse
 import asyncio
 import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +36,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import huskies_agent_dev  # noqa: F401  - development package, see the module docstring
+    except ModuleNotFoundError:
+        print("huskies-agent demo needs the development package huskies_agent_dev: "
+              "run it from a source checkout (make venv; make run)", file=sys.stderr)
+        return 2
     return asyncio.run(_demo(args))
 
 
@@ -53,10 +65,10 @@ async def _demo(args: argparse.Namespace) -> int:
     import yaml
 
     from huskies_agent.commands.crd_cmd import crd_text
-    from huskies_agent.devcluster import ControlPlane, find_testbin
-    from huskies_agent.localrun import FAST, start_operator, start_rendezvous
     from huskies_agent.pipeline.document import PipelineDoc
     from huskies_agent.sync.client import RendezvousClient
+    from huskies_agent_dev.devcluster import ControlPlane, find_testbin
+    from huskies_agent_dev.localrun import FAST, start_operator, start_rendezvous
 
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="huskies-demo-"))
     run_dir.mkdir(parents=True, exist_ok=True)

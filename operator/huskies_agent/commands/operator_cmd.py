@@ -20,7 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="settings file (YAML); env HUSKIES_CONFIG")
     parser.add_argument("--rendezvous", help="rendezvous URL (overrides HUSKIES_RENDEZVOUS_URL)")
     parser.add_argument("--namespace", help="namespace for StoryJobs and Jobs (overrides settings)")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    parser.add_argument("--kubeconfig",
+                        help="kubeconfig file (default: $KUBECONFIG, else in-cluster, else ~/.kube/config)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from huskies_agent.settings import Settings, SettingsError
 
     if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf and the API client both read it
+        # Wins over in-cluster credentials for kopf's login and the API client alike (k8s/credentials.py).
+        os.environ["KUBECONFIG"] = args.kubeconfig
     try:
         settings = Settings.load(args.config)
         overrides: dict[str, Any] = {}
@@ -60,6 +62,7 @@ async def operate(settings: Any) -> int:
     from huskies_agent.metrics import Metrics
     from huskies_agent.pipeline.document import PipelineDoc
     from huskies_agent.sync.client import RendezvousClient
+    from huskies_agent.sync.stats import export_sync_metrics
 
     log.info("starting", extra={"settings": settings.public_dict()})
     api = await connect()
@@ -90,6 +93,7 @@ async def operate(settings: Any) -> int:
             reconnect_min=settings.reconnect_min_seconds, reconnect_max=settings.reconnect_max_seconds,
         )
         client.on_state(lambda connected: metrics.connected.set(1 if connected else 0))
+        export_sync_metrics(metrics, client.stats, lambda: client.synced, lambda: len(doc.encode_update()))
         engine = Engine(settings, kube, doc, client, node_id, metrics)
         async with client:
             slot.engine = engine

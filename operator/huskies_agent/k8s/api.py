@@ -4,82 +4,65 @@ Plain JSON over aiohttp (already a kopf dependency): objects go in and come out 
 dicts exactly as the API serves them. A generated client library would add ~65 MB of
 imported models and per-object (de)serialisation cost for the dozen calls made here.
 
-Credentials: the pod's ServiceAccount (token re-read on every request, so rotated
-tokens keep working), else ``$KUBECONFIG``/``~/.kube/config`` (client certificates,
-bearer tokens, basic auth; exec/auth-provider plugins are not supported).
+Credentials come from :mod:`huskies_agent.k8s.credentials` (the same resolution kopf's login uses).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
-import yaml
 
+from huskies_agent.backoff import Backoff
 from huskies_agent.k8s import naming
+from huskies_agent.k8s.credentials import Credentials, resolve
+from huskies_agent.k8s.errors import (
+    ApiError,
+    ApiException,
+    Conflict,
+    Forbidden,
+    Gone,
+    Invalid,
+    NotFound,
+    ServerError,
+    TooManyRequests,
+    error_for,
+    is_conflict,
+    is_not_found,
+    should_retry,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ApiException", "Connection", "Kube", "connect", "is_conflict", "is_not_found"]
-
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-
-class ApiException(Exception):
-    """A non-2xx answer of the API server."""
-
-    def __init__(self, status: int, reason: str, body: str = "", method: str = "", path: str = "") -> None:
-        self.status = status
-        self.reason = reason
-        self.body = body
-        super().__init__(f"{method} {path}: {status} {reason}".strip())
-
-    @property
-    def message(self) -> str:
-        try:
-            return str(json.loads(self.body).get("message") or self.reason)
-        except (ValueError, AttributeError):
-            return self.reason
-
-
-def is_not_found(exc: BaseException) -> bool:
-    return isinstance(exc, ApiException) and exc.status == 404
-
-
-def is_conflict(exc: BaseException) -> bool:
-    return isinstance(exc, ApiException) and exc.status == 409
-
+__all__ = [
+    "ApiError", "ApiException", "Conflict", "Connection", "Forbidden", "Gone", "Invalid", "Kube", "NotFound",
+    "RetryPolicy", "ServerError", "TooManyRequests", "connect", "is_conflict", "is_not_found",
+]
 
 @dataclass
 class Connection:
     server: str
     session: aiohttp.ClientSession
     ssl_context: ssl.SSLContext | bool
-    token: str | None = None
-    token_file: Path | None = None
+    credentials: Credentials
     basic: aiohttp.BasicAuth | None = None
     #: Private directory holding credentials decoded from kubeconfig ``*-data`` fields.
     scratch: Path | None = None
 
     def headers(self) -> dict[str, str]:
-        token = self.token
-        if self.token_file is not None:
-            try:
-                token = self.token_file.read_text().strip()
-            except OSError:
-                pass
+        token = self.credentials.bearer_token()  # re-read: rotated ServiceAccount tokens keep working
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def close(self) -> None:
@@ -88,70 +71,46 @@ class Connection:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def _pem_file(data: str, suffix: str, directory: Path) -> str:
-    path = directory / suffix
+def _pem_file(data: str, name: str, directory: Path) -> str:
+    path = directory / name
     path.write_bytes(base64.b64decode(data))
     path.chmod(0o600)
-    return str(path)
+    return path.as_posix()
 
 
-def _from_kubeconfig(
-    path: str, tmp: Path
-) -> tuple[str, ssl.SSLContext | bool, str | None, aiohttp.BasicAuth | None]:
-    config = yaml.safe_load(Path(path).expanduser().read_text()) or {}
-    name = config.get("current-context")
-    if not name:
-        raise RuntimeError(f"{path}: no current-context")
-    by_name = {k: {i["name"]: i.get(k[:-1]) or {} for i in config.get(k) or []}
-               for k in ("contexts", "clusters", "users")}
-    context = by_name["contexts"][name]
-    cluster = by_name["clusters"][context["cluster"]]
-    user = by_name["users"].get(context.get("user"), {})
-    if "exec" in user or "auth-provider" in user:
-        raise RuntimeError(f"{path}: exec and auth-provider credentials are not supported")
-    base = Path(path).expanduser().resolve().parent
-    if cluster.get("insecure-skip-tls-verify"):
+def ssl_context(creds: Credentials, scratch: Path) -> ssl.SSLContext | bool:
+    """TLS settings for ``creds``; ``*-data`` fields are written to files in ``scratch`` first."""
+    if creds.insecure:
         ctx: ssl.SSLContext | bool = False
     else:
         ctx = ssl.create_default_context()
-        if cluster.get("certificate-authority-data"):
-            ctx.load_verify_locations(cafile=_pem_file(cluster["certificate-authority-data"], "ca.crt", tmp))
-        elif cluster.get("certificate-authority"):
-            ctx.load_verify_locations(cafile=str(base / cluster["certificate-authority"]))
-    cert = user.get("client-certificate")
-    key = user.get("client-key")
-    if user.get("client-certificate-data"):
-        cert = _pem_file(user["client-certificate-data"], "client.crt", tmp)
-    if user.get("client-key-data"):
-        key = _pem_file(user["client-key-data"], "client.key", tmp)
+        if creds.ca_data:
+            ctx.load_verify_locations(cafile=_pem_file(creds.ca_data, "ca.crt", scratch))
+        elif creds.ca_path:
+            ctx.load_verify_locations(cafile=creds.ca_path)
+    cert = _pem_file(creds.cert_data, "client.crt", scratch) if creds.cert_data else creds.cert_path
+    key = _pem_file(creds.key_data, "client.key", scratch) if creds.key_data else creds.key_path
     if cert and key:
         if not isinstance(ctx, ssl.SSLContext):
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        ctx.load_cert_chain(str(base / cert), str(base / key))
-    basic = aiohttp.BasicAuth(user["username"], user.get("password", "")) if user.get("username") else None
-    return str(cluster["server"]).rstrip("/"), ctx, user.get("token"), basic
+        ctx.load_cert_chain(cert, key)
+    return ctx
 
 
-async def connect(kubeconfig: str | None = None) -> Connection:
-    """A connection from ``kubeconfig``, else ``$KUBECONFIG``, else in-cluster, else ~/.kube/config."""
+async def connect(kubeconfig: str | None = None, *, credentials: Credentials | None = None) -> Connection:
+    """A connection with ``credentials``, else those :func:`~huskies_agent.k8s.credentials.resolve` finds."""
+    creds = credentials or resolve(kubeconfig)
     session_kwargs: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=60, sock_connect=10)}
-    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
-    if kubeconfig is None and (SA_DIR / "token").exists() and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        host = os.environ["KUBERNETES_SERVICE_HOST"]
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        host = f"[{host}]" if ":" in host else host
-        sa_ctx = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
-        return Connection(f"https://{host}:{port}", aiohttp.ClientSession(**session_kwargs), sa_ctx,
-                          token_file=SA_DIR / "token")
     scratch = Path(tempfile.mkdtemp(prefix="huskies-kube-"))
     try:
-        server, ctx, token, basic = _from_kubeconfig(kubeconfig or "~/.kube/config", scratch)
+        ctx = ssl_context(creds, scratch)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    return Connection(server, aiohttp.ClientSession(**session_kwargs), ctx, token=token, basic=basic,
+    basic = aiohttp.BasicAuth(creds.username, creds.password or "") if creds.username else None
+    return Connection(creds.server, aiohttp.ClientSession(**session_kwargs), ctx, credentials=creds, basic=basic,
                       scratch=scratch)
 
 
@@ -159,12 +118,29 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently :meth:`Kube.request` repeats a call :func:`should_retry` allows."""
+
+    #: Tries in all, the first included (1: never retry).
+    attempts: int = 4
+    minimum: float = 0.2
+    maximum: float = 5.0
+    #: A longer ``Retry-After`` is waited for only this long before the next try.
+    max_retry_after: float = 30.0
+
+
 class Kube:
     """The operator's API calls in one namespace."""
 
-    def __init__(self, connection: Connection, namespace: str) -> None:
+    def __init__(
+        self, connection: Connection, namespace: str, *, retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.connection = connection
         self.namespace = namespace
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
         ns = quote(namespace, safe="")
         self._storyjobs = f"/apis/{naming.GROUP}/{naming.VERSION}/namespaces/{ns}/{naming.PLURAL}"
         self._jobs = f"/apis/batch/v1/namespaces/{ns}/jobs"
@@ -181,7 +157,35 @@ class Kube:
         self, method: str, path: str, body: Any = None, *, params: Mapping[str, Any] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        """One API call; the decoded JSON answer, or :class:`ApiException`."""
+        """One API call; the decoded JSON answer, or the typed :class:`ApiError` for the status.
+
+        Throttling (429), and for reads also server errors and lost connections, are retried with
+        the package's backoff, waiting at least what ``Retry-After`` asks (see
+        :mod:`huskies_agent.k8s.errors` for which calls and why).
+        """
+        policy = self.retry
+        backoff = Backoff(policy.minimum, policy.maximum)
+        for attempt in range(1, max(1, policy.attempts) + 1):
+            try:
+                return await self._request_once(method, path, body, params, content_type)
+            except ApiError as exc:
+                if attempt >= policy.attempts or not should_retry(method, exc):
+                    raise
+                failure: BaseException = exc
+                delay = backoff.next_delay(min(exc.retry_after or 0.0, policy.max_retry_after))
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                if attempt >= policy.attempts or not should_retry(method, None):
+                    raise
+                failure = exc
+                delay = backoff.next_delay()
+            log.debug("%s %s failed (%s); try %d of %d in %.2fs", method, path, failure or type(failure).__name__,
+                      attempt + 1, policy.attempts, delay)
+            await self._sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _request_once(
+        self, method: str, path: str, body: Any, params: Mapping[str, Any] | None, content_type: str,
+    ) -> Any:
         c = self.connection
         url = c.server + path + (("?" + urlencode(params)) if params else "")
         headers = {"Accept": "application/json", **c.headers()}
@@ -193,22 +197,8 @@ class Kube:
                                      auth=c.basic) as resp:
             text = await resp.text()
             if resp.status >= 300:
-                raise ApiException(resp.status, resp.reason or "", text, method, path)
+                raise error_for(resp.status, resp.reason or "", text, method, path, resp.headers.get("Retry-After"))
             return json.loads(text) if text else None
-
-    async def watch(self, path: str, params: Mapping[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Stream watch events (``{"type", "object"}``) until the server ends the watch."""
-        c = self.connection
-        query = {"watch": "true", **(params or {})}
-        url = c.server + path + "?" + urlencode(query)
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
-        async with c.session.get(url, headers=c.headers(), ssl=c.ssl_context, auth=c.basic,
-                                 timeout=timeout) as resp:
-            if resp.status >= 300:
-                raise ApiException(resp.status, resp.reason or "", await resp.text(), "WATCH", path)
-            async for line in resp.content:
-                if line.strip():
-                    yield json.loads(line)
 
     # ------------------------------------------------------------------ StoryJobs
     async def create_storyjob(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,10 +225,6 @@ class Kube:
         result: dict[str, Any] = await self.request("POST", self._jobs, body)
         return result
 
-    async def get_job(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("GET", f"{self._jobs}/{name}")
-        return result
-
     async def list_jobs(self, selector: str) -> list[dict[str, Any]]:
         data = await self.request("GET", self._jobs, params={"labelSelector": selector} if selector else None)
         return list(data.get("items") or [])
@@ -248,37 +234,29 @@ class Kube:
         gone = False
         try:
             await self.request("DELETE", f"{self._jobs}/{name}", {"propagationPolicy": "Background"})
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        except NotFound:
             gone = True
         # Do not wait for the garbage collector: stop the pods at once.
         try:
             await self.request("DELETE", self._pods, {"gracePeriodSeconds": pod_grace_seconds},
                                params={"labelSelector": f"job-name={name}"})
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("could not delete pods of job %s: %s", name, exc.message)
+        except NotFound:
+            pass
+        except ApiError as exc:
+            log.warning("could not delete pods of job %s: %s", name, exc.message)
         return not gone
 
     async def list_pods(self, selector: str) -> list[dict[str, Any]]:
         data = await self.request("GET", self._pods, params={"labelSelector": selector} if selector else None)
         return list(data.get("items") or [])
 
-    async def evict_pod(self, name: str) -> None:
-        await self.request("POST", f"{self._pods}/{name}/eviction", {
-            "apiVersion": "policy/v1", "kind": "Eviction",
-            "metadata": {"name": name, "namespace": self.namespace}})
-
     # ------------------------------------------------------------------ Leases
     async def get_lease(self, name: str) -> dict[str, Any] | None:
         try:
             result: dict[str, Any] = await self.request("GET", f"{self._leases}/{name}")
             return result
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
 
     async def create_lease(self, body: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", self._leases, body)
@@ -293,10 +271,8 @@ class Kube:
         try:
             result: dict[str, Any] = await self.request("GET", f"{self._configmaps}/{name}")
             return result
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
 
     async def create_configmap(self, body: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", self._configmaps, body)

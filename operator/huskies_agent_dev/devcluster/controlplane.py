@@ -16,7 +16,8 @@ Usage::
         os.environ["KUBECONFIG"] = str(cp.kubeconfig_path)
         ...
 
-Every process runs in its own session with stdout+stderr in ``<run_dir>/logs/<name>.log``; ports are
+Every process is a :class:`~huskies_agent_dev.proc.Proc` (own session, stdout+stderr in
+``<run_dir>/logs/<name>.log``); ports are
 random free loopback ports; stop() terminates in reverse start order (SIGTERM, then SIGKILL after a
 timeout). Running control planes are also stopped at interpreter exit, on SIGTERM/SIGHUP (when those
 still have their default handlers; the process then dies of that signal) and, through
@@ -34,7 +35,6 @@ import shutil
 import signal
 import socket
 import string
-import subprocess
 import tempfile
 import threading
 import time
@@ -43,14 +43,16 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Any, Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 import yaml
 
-from huskies_agent.devcluster._http import AdminClient, ApiError, insecure_context, probe
-from huskies_agent.devcluster.pki import Pki, create_pki
-from huskies_agent.devcluster.testbin import APISERVER_BINARIES, CLUSTER_BINARIES, missing_binaries
+from huskies_agent_dev.devcluster._http import AdminClient, ApiError, insecure_context, probe
+from huskies_agent_dev.devcluster.pki import Pki, create_pki
+from huskies_agent_dev.devcluster.testbin import APISERVER_BINARIES, CLUSTER_BINARIES, missing_binaries
+from huskies_agent_dev.proc import Proc
+from huskies_agent_dev.proc import tail as tail_of
 
 __all__ = ["ControlPlane", "ControlPlaneError", "Tier", "NodeSpec"]
 
@@ -75,16 +77,6 @@ class NodeSpec:
     memory: str = "32Gi"
     pods: str = "110"
     labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Process:
-    name: str
-    argv: list[str]
-    log_path: Path
-    popen: subprocess.Popen[bytes]
-    log_file: IO[bytes]
-    started_at: float
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,17 +151,8 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _tail(path: Path, lines: int) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return f"<cannot read {path}: {exc}>"
-    text = data[-256_000:].decode("utf-8", "replace")
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def _package_text(name: str) -> str:
-    return resources.files("huskies_agent.devcluster").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("huskies_agent_dev.devcluster").joinpath(name).read_text(encoding="utf-8")
 
 
 class ControlPlane:
@@ -206,7 +189,7 @@ class ControlPlane:
         self.kubeconfig_path = self.run_dir / "admin.kubeconfig"
         self.ports: dict[str, int] = {}
         self.startup_seconds: dict[str, float] = {}
-        self._procs: list[_Process] = []
+        self._procs: list[Proc] = []
         self._pki: Pki | None = None
         self._client: AdminClient | None = None
         self._etcd_dir: Path | None = None
@@ -242,8 +225,8 @@ class ControlPlane:
         return self._client
 
     @property
-    def processes(self) -> dict[str, subprocess.Popen[bytes]]:
-        return {p.name: p.popen for p in self._procs}
+    def processes(self) -> dict[str, Proc]:
+        return {p.name: p for p in self._procs}
 
     def env(self) -> dict[str, str]:
         """os.environ plus KUBECONFIG pointing at the admin kubeconfig (for subprocesses)."""
@@ -282,7 +265,7 @@ class ControlPlane:
         timeout = self.stop_timeout if timeout is None else timeout
         with self._lock:
             for proc in reversed(self._procs):
-                self._terminate(proc, timeout)
+                proc.stop(timeout)
             self._procs.clear()
             if self._etcd_dir is not None:
                 shutil.rmtree(self._etcd_dir, ignore_errors=True)
@@ -294,7 +277,7 @@ class ControlPlane:
     def check_alive(self) -> None:
         """Raise ControlPlaneError (with the log tail) if a component has exited."""
         for proc in self._procs:
-            if proc.popen.poll() is not None:
+            if proc.poll() is not None:
                 raise self._died(proc)
 
     def log_paths(self) -> dict[str, Path]:
@@ -307,7 +290,7 @@ class ControlPlane:
             if tail is None:
                 out[name] = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
             else:
-                out[name] = _tail(path, tail)
+                out[name] = tail_of(path, tail)
         return out
 
     def format_logs(self, tail: int | None = 200) -> str:
@@ -510,7 +493,7 @@ class ControlPlane:
             f"--v={self.verbosity}",
         ]
 
-    def _wait_healthz(self, proc: _Process) -> None:
+    def _wait_healthz(self, proc: Proc) -> None:
         url = f"https://127.0.0.1:{self.ports[proc.name]}/healthz"
         ctx = insecure_context()
 
@@ -594,50 +577,33 @@ class ControlPlane:
     # ---------------------------------------------------------------------------------------------
     # processes
 
-    def _spawn(self, name: str, argv: list[str]) -> _Process:
-        log_path = self.log_dir / f"{name}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - closed in _terminate
-        log_file.write(f"# {time.strftime('%H:%M:%S')} started: {' '.join(argv)}\n".encode())
-        log_file.flush()
-        cmd = list(argv)
-        setpriv = shutil.which("setpriv")
-        if setpriv and threading.current_thread() is threading.main_thread():
-            # The kernel kills the child if this (main) thread dies without cleaning up (e.g. SIGKILL).
-            cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
+    def _spawn(self, name: str, argv: list[str]) -> Proc:
+        proc = Proc(name, argv, self.log_dir, cwd=self.run_dir, die_with_parent=True)
         try:
-            popen = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.run_dir,
-                start_new_session=True,
-            )
+            proc.start()
         except OSError as exc:
-            log_file.close()
             raise ControlPlaneError(f"cannot start {name} ({argv[0]}): {exc}") from exc
-        proc = _Process(name, argv, log_path, popen, log_file, time.monotonic())
         self._procs.append(proc)
         return proc
 
-    def _proc_named(self, name: str) -> _Process | None:
+    def _proc_named(self, name: str) -> Proc | None:
         return next((p for p in self._procs if p.name == name), None)
 
-    def _died(self, proc: _Process) -> ControlPlaneError:
+    def _died(self, proc: Proc) -> ControlPlaneError:
         return ControlPlaneError(
-            f"{proc.name} exited with code {proc.popen.returncode}; last lines of {proc.log_path}:\n"
-            + _tail(proc.log_path, 40)
+            f"{proc.name} exited with code {proc.returncode}; last lines of {proc.log_path}:\n"
+            + tail_of(proc.log_path, 40)
         )
 
-    def _wait_ready(self, proc: _Process, ready: Callable[[], bool], what: str) -> None:
+    def _wait_ready(self, proc: Proc, ready: Callable[[], bool], what: str) -> None:
         self._poll(ready, self.startup_timeout, what, watch=proc)
         self.startup_seconds[proc.name] = time.monotonic() - proc.started_at
 
-    def _poll(self, check: Callable[[], bool], timeout: float, what: str, *, watch: _Process | None = None) -> None:
+    def _poll(self, check: Callable[[], bool], timeout: float, what: str, *, watch: Proc | None = None) -> None:
         deadline = time.monotonic() + timeout
         delay = 0.05
         while True:
-            if watch is not None and watch.popen.poll() is not None:
+            if watch is not None and watch.poll() is not None:
                 raise self._died(watch)
             try:
                 if check():
@@ -647,30 +613,10 @@ class ControlPlane:
             if time.monotonic() > deadline:
                 detail = ""
                 if watch is not None:
-                    detail = f"; last lines of {watch.log_path}:\n" + _tail(watch.log_path, 40)
+                    detail = f"; last lines of {watch.log_path}:\n" + tail_of(watch.log_path, 40)
                 raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
-
-    def _terminate(self, proc: _Process, timeout: float) -> None:
-        try:
-            if proc.popen.poll() is None:
-                self._signal(proc, signal.SIGTERM)
-                try:
-                    proc.popen.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self._signal(proc, signal.SIGKILL)
-                    proc.popen.wait(10)
-        finally:
-            with contextlib.suppress(OSError):
-                proc.log_file.write(f"# {time.strftime('%H:%M:%S')} stopped (exit {proc.popen.returncode})\n".encode())
-            proc.log_file.close()
-
-    @staticmethod
-    def _signal(proc: _Process, sig: signal.Signals) -> None:
-        # start_new_session=True: the child's pid is its process-group id.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.popen.pid, sig)
 
     # ---------------------------------------------------------------------------------------------
     # helpers

@@ -1,19 +1,20 @@
 """Local processes of a huskies-agent setup: rendezvous and operator as child processes.
 
 Used by the local demo, the benchmarks and the integration tests; each process logs
-to a file and is stopped for sure (its whole process group) when done.
+to a file and is stopped for sure (its whole process group) when done (:class:`~huskies_agent_dev.proc.Proc`).
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from huskies_agent_dev.proc import Proc
+
+__all__ = ["FAST", "Proc", "free_port", "metrics_text", "start_operator", "start_rendezvous", "wait_http"]
 
 
 def free_port() -> int:
@@ -36,54 +37,6 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-class Proc:
-    """A child process with its output in a log file, stopped for sure at the end."""
-
-    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = {**os.environ, **(env or {})}
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)
-        log.close()
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive:
-            assert self.proc is not None
-            os.killpg(self.proc.pid, sig)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None:
-            return
-        if self.alive:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait(5)
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.signal(signal.SIGKILL)
-            self.proc.wait(5)
-            self.proc = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
 def start_rendezvous(log_dir: Path, port: int | None = None, db: Path | None = None) -> tuple[Proc, str]:
     port = port or free_port()
     db = db or log_dir / f"rendezvous-{port}.sqlite"
@@ -97,7 +50,8 @@ def start_rendezvous(log_dir: Path, port: int | None = None, db: Path | None = N
 #: Settings that make the operator react in test time rather than production time.
 FAST: dict[str, str] = {
     "HUSKIES_LEASE_DURATION_SECONDS": "3",
-    "HUSKIES_LEASE_RENEW_SECONDS": "1",
+    "HUSKIES_LEASE_RENEW_DEADLINE_SECONDS": "2",
+    "HUSKIES_LEASE_RETRY_PERIOD_SECONDS": "0.5",
     "HUSKIES_PRESENCE_INTERVAL_SECONDS": "1",
     "HUSKIES_RESYNC_INTERVAL_SECONDS": "1",
     "HUSKIES_RECONNECT_MIN_SECONDS": "0.2",

@@ -1,4 +1,4 @@
-"""``python -m huskies_agent.devcluster``: run the local control plane until Ctrl-C."""
+"""``python -m huskies_agent_dev.devcluster``: run the local control plane until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from huskies_agent.devcluster.controlplane import ControlPlane, ControlPlaneError
-from huskies_agent.devcluster.testbin import (
+from huskies_agent_dev.devcluster.controlplane import ControlPlane, ControlPlaneError
+from huskies_agent_dev.devcluster.testbin import (
     APISERVER_BINARIES,
     CLUSTER_BINARIES,
     TestbinNotFound,
@@ -28,7 +28,7 @@ def _default_run_dir() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m huskies_agent.devcluster",
+        prog="python -m huskies_agent_dev.devcluster",
         description="Start a local Kubernetes control plane on loopback and keep it running until Ctrl-C.",
     )
     parser.add_argument("--tier", choices=["apiserver", "cluster"], default="cluster")

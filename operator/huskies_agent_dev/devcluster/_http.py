@@ -1,23 +1,30 @@
-"""Tiny stdlib HTTPS client for the control plane's own bootstrapping (no Kubernetes client needed)."""
+"""Tiny stdlib HTTPS client for the control plane's own bootstrapping (no Kubernetes client needed).
+
+Failed calls raise the runtime package's typed errors (:mod:`huskies_agent.k8s.errors`), so tests
+catch the same ``NotFound``/``Conflict`` whichever client they used.
+"""
 
 from __future__ import annotations
 
 import http.client
 import json
 import ssl
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
+
+from huskies_agent.k8s.errors import ApiError, error_for
 
 __all__ = ["ApiError", "AdminClient", "probe"]
 
 
-class ApiError(RuntimeError):
-    """A Kubernetes API request answered with an unexpected status."""
-
-    def __init__(self, method: str, path: str, status: int, body: str) -> None:
-        super().__init__(f"{method} {path} -> HTTP {status}: {body[:500]}")
-        self.status = status
-        self.body = body
+def _error(method: str, path: str, status: int, body: bytes) -> ApiError:
+    """The runtime package's typed error for this answer (NotFound, Conflict, ServerError...)."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    return error_for(status, reason, body.decode("utf-8", "replace"), method, path)
 
 
 def _connection(url: str, context: ssl.SSLContext | None, timeout: float) -> http.client.HTTPConnection:
@@ -91,7 +98,7 @@ class AdminClient:
         data = None if body is None else json.dumps(body).encode()
         status, raw = self.raw(method, path, data, content_type=content_type)
         if status not in ok:
-            raise ApiError(method, path, status, raw.decode("utf-8", "replace"))
+            raise _error(method, path, status, raw)
         return json.loads(raw) if raw else None
 
     def get_or_none(self, path: str) -> Any:
@@ -99,7 +106,7 @@ class AdminClient:
         if status == 404:
             return None
         if status != 200:
-            raise ApiError("GET", path, status, raw.decode("utf-8", "replace"))
+            raise _error("GET", path, status, raw)
         return json.loads(raw)
 
     def create_if_missing(self, collection: str, obj: dict[str, Any]) -> None:
