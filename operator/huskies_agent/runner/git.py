@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,14 @@ EPOCH_TRAILER = "Huskies-Claim-Epoch"
 #: Local ref that holds a fetched remote tip while the runner inspects it.
 INSPECT_REF = "refs/huskies/remote-tip"
 _STDERR_TAIL_CHARS = 800
+
+
+def _upload_pack(source: Path) -> str:
+    """The serving side of a local fetch, allowed to read ``source`` although another uid owns it.
+
+    (A local transport clears ``-c`` settings for the serving process, so they go on its command.)
+    """
+    return shlex.join(["git", "-c", f"safe.directory={source}", "upload-pack"])
 
 
 class PushStatus(enum.Enum):
@@ -135,7 +144,7 @@ class Git:
     def fetch_local(self, repo: Path, source: Path, refspecs: Sequence[str]) -> None:
         """Fetch ``refspecs`` from the local repository ``source`` (owned by another uid)."""
         self.checked(
-            ["-c", f"safe.directory={source}", "-c", "protocol.file.allow=always", "fetch", "-q",
+            ["-c", "protocol.file.allow=always", "fetch", "-q", f"--upload-pack={_upload_pack(source)}",
              "--no-tags", "--no-write-fetch-head", "--update-shallow", "--", f"file://{source}", *refspecs],
             cwd=repo, code=ExitCode.GIT_FAILED, what="copying the checkout's history",
         )
@@ -143,7 +152,7 @@ class Git:
     def clone_local(self, source: Path, dest: Path, *, branch: str) -> None:
         """Clone ``branch`` of the local repository ``source`` (owned by another uid) into ``dest``."""
         self.checked(
-            ["-c", f"safe.directory={source}", "-c", "protocol.file.allow=always", "clone", "-q",
+            ["-c", "protocol.file.allow=always", "clone", "-q", f"--upload-pack={_upload_pack(source)}",
              "--no-tags", "--no-local", "--branch", branch, "--", f"file://{source}", str(dest)],
             code=ExitCode.GIT_FAILED, what=f"checking out {branch}",
         )
