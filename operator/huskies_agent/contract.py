@@ -48,8 +48,11 @@ class Phase(enum.Enum):
 CLONE_CONTAINER = "clone"
 AGENT_CONTAINER = "agent"
 PUBLISH_CONTAINER = "publish"
-#: The container whose termination message and exit code are the run's result.
+#: The container whose termination message and exit code are the run's result ...
 RESULT_CONTAINER = PUBLISH_CONTAINER
+#: ... or, when the run ended in the init container (bad input, remote down, fenced at
+#: the start), that one. Never the agent's container: the agent writes what it likes there.
+RESULT_INIT_CONTAINER = CLONE_CONTAINER
 #: Runs Claude Code; never sees git credentials.
 AGENT_UID = 10001
 #: Runs clone and publish; holds the git credentials.

@@ -179,11 +179,13 @@ class PodSim:
         run.termination = self.termination_file(name).read_text()
         return run
 
-    def run_init(self, timeout: float = 120) -> None:
+    def run_init(self, timeout: float = 120) -> bool:
+        """Run the init containers in order; ``False`` when one failed (the pod then fails)."""
         for container in self.pod.get("initContainers") or []:
             self.start(container)
-            run = self._collect(container["name"], timeout)
-            assert run.returncode == 0, f"init container {run.name} failed: {run.stdout}{run.stderr}"
+            if self._collect(container["name"], timeout).returncode != 0:
+                return False
+        return True
 
     def start_main(self) -> None:
         for container in self.pod["containers"]:
@@ -203,9 +205,30 @@ class PodSim:
                 proc.send_signal(signal.SIGTERM)
 
     def run(self, timeout: float = 180) -> dict[str, ContainerRun]:
-        self.run_init()
+        if not self.run_init():
+            return self.runs
         self.start_main()
         return self.wait_main(timeout)
+
+    def pod_status(self) -> dict[str, Any]:
+        """The finished pod's status as the kubelet reports it (what the operator reads)."""
+        def statuses(containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            out = []
+            for c in containers:
+                run = self.runs.get(c["name"])
+                if run is not None and run.returncode is not None:
+                    out.append({"name": c["name"], "state": {"terminated": {
+                        "exitCode": run.returncode, "message": run.termination}}})
+            return out
+        return {"status": {"initContainerStatuses": statuses(list(self.pod.get("initContainers") or [])),
+                           "containerStatuses": statuses(list(self.pod["containers"]))}}
+
+    def result(self) -> dict[str, Any]:
+        """The run's result, read exactly as the operator reads it."""
+        from huskies_agent.k8s import objects
+
+        _code, message = objects.pod_termination(self.pod_status())
+        return objects.parse_result(message)
 
     def close(self) -> None:
         for proc in self.procs.values():

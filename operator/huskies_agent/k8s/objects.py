@@ -203,16 +203,21 @@ def job_failure_reason(job: Mapping[str, Any]) -> str:
 
 
 def pod_termination(pod: Mapping[str, Any]) -> tuple[int | None, str]:
-    """Exit code and termination message of the container holding the run's result, if it terminated.
+    """Exit code and termination message of the run's result, if the run ended.
 
-    Only that container's message counts: the agent's container is written by the agent.
+    The publisher's container holds it; when the run ended in the clone init container
+    (bad input, remote down, fenced at the start) that one does. The agent's container is
+    never read: the agent writes what it likes there.
     """
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") != contract.RESULT_CONTAINER:
-            continue
-        terminated = (status.get("state") or {}).get("terminated")
-        if terminated:
-            return terminated.get("exitCode"), str(terminated.get("message") or "")
+    status = pod.get("status") or {}
+    for key, name in (("containerStatuses", contract.RESULT_CONTAINER),
+                      ("initContainerStatuses", contract.RESULT_INIT_CONTAINER)):
+        for cs in status.get(key) or []:
+            if cs.get("name") != name:
+                continue
+            terminated = (cs.get("state") or {}).get("terminated")
+            if terminated and (key == "containerStatuses" or terminated.get("exitCode")):
+                return terminated.get("exitCode"), str(terminated.get("message") or "")
     return None, ""
 
 

@@ -34,6 +34,15 @@ def clone(cfg: RunnerConfig, git: Git, ws: Workspace, st: State) -> CloneInfo:
         log.info("branch %s exists on the remote at %s; continuing from it", cfg.branch, remote[cfg.branch][:12])
         fork = git.fetch_branch(st.repo, cfg.branch, START_REF, depth=depth)
         start = remote[cfg.branch]
+        theirs = git.claim_epoch_of(st.repo, fork)
+        if theirs is not None and theirs > cfg.epoch:
+            # A newer claim already pushed: this run is stale (its pod started late); a lower
+            # epoch never overwrites a higher one, so nothing is run.
+            raise RunnerError(
+                ExitCode.FENCED,
+                f"fenced: {cfg.branch} is at {fork[:12]} of claim epoch {theirs}, newer than this run's "
+                f"epoch {cfg.epoch}; nothing was run",
+            )
     else:
         if cfg.base_branch not in remote:
             raise RunnerError(

@@ -131,6 +131,8 @@ class GitAuth:
             if target[0] == "http" and not _is_loopback(target[1]):
                 log.warning("sending the git token over plain http to %s", target[1])
             self.helper_path = self.state_dir / "git-credential-huskies.py"
+            if self.helper_path.exists() or self.helper_path.is_symlink():  # the clone phase wrote it
+                self.helper_path.unlink()
             self.helper_path.write_text(HELPER_SOURCE, encoding="utf-8")
             self.helper_path.chmod(0o500)
         elif self.has_token:
