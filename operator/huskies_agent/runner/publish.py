@@ -145,6 +145,9 @@ class Publisher:
         self.expected = self.info.start_sha
         self.fenced: PushReport | None = None
         self.last_checkpoint = ""
+        #: (tree, parent) of the last commit pushed, so an unchanged checkpoint is not pushed again.
+        self.last_pushed: tuple[str, str] = ("", "")
+        self._pending: tuple[str, str] = ("", "")
         self.last_push = 0.0
         result.base_commit = result.commit = self.info.start_sha
 
@@ -226,8 +229,7 @@ class Publisher:
         repo = self.st.repo
         fork = self.info.fork_sha
         self.git.import_objects(repo, self.ws.objects, snapshot, fork)
-        tree = self.git.rev_parse(repo, snapshot) and self.git.local(
-            repo, ["rev-parse", f"{snapshot}^{{tree}}"], "reading the snapshot's tree").stdout.strip()
+        tree = self.git.local(repo, ["rev-parse", f"{snapshot}^{{tree}}"], "reading the snapshot's tree").stdout.strip()
         agent_head = self.git.try_rev_parse(repo, f"{snapshot}^1")
         parent = agent_head if agent_head and self.git.is_ancestor(repo, fork, agent_head) else fork
         if parent != agent_head:
@@ -236,6 +238,9 @@ class Publisher:
         fork_tree = self.git.local(repo, ["rev-parse", f"{fork}^{{tree}}"], "reading the start").stdout.strip()
         if parent == fork and tree == fork_tree and self.expected == self.info.start_sha:
             return None
+        if word == "checkpoint" and (tree, parent) == self.last_pushed:
+            return None  # nothing new since the last checkpoint
+        self._pending = (tree, parent)
         from huskies_agent.runner.agent_phase import identity
 
         return self.git.commit_tree(repo, tree, [parent], commit_message(self.cfg, report, word),
@@ -249,6 +254,7 @@ class Publisher:
         push = fenced_push(self.git, self.st.repo, self.cfg.branch, commit, self.expected, self.cfg.epoch)
         if push.status == "pushed":
             self.expected = commit
+            self.last_pushed = self._pending
             self.result.pushed = True
             extra = f" (overwrote the stale tip {push.overwrote[:12]})" if push.overwrote else ""
             log.info("pushed %s %s to %s%s", word, commit[:12], self.cfg.branch, extra)
@@ -292,6 +298,10 @@ class Publisher:
         else:
             word = "completed"
         push = self._publish(report.snapshot, report, word)
+        if push is None and self.expected != self.info.start_sha:
+            # Unchanged since the last checkpoint, which stands as this run's push.
+            r.commit, r.pushed = self.expected, True
+            push = PushReport("pushed", "")
         if push is None:
             if terminated:
                 r.fail(ExitCode.TERMINATED, f"{failure}; the agent had changed nothing")

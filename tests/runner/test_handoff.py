@@ -1,0 +1,111 @@
+"""The records the agent's uid leaves for the publisher are read as data, never followed or trusted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from huskies_agent.contract import ExitCode
+from huskies_agent.runner import handoff, publish
+from huskies_agent.runner.handoff import AgentReport, RecordError, Snapshot, read_record, write_record
+
+SHA = "a" * 40
+
+
+def test_a_record_round_trips(tmp_path: Path) -> None:
+    report = AgentReport(snapshot=SHA, exit_status=0, turns=3, cost_usd=0.5, summary="done")
+    write_record(tmp_path / "agent.json", report)
+    assert read_record(tmp_path / "agent.json", AgentReport) == report
+    assert oct((tmp_path / "agent.json").stat().st_mode & 0o777) == oct(0o644)
+
+
+def _symlink(path: Path) -> None:
+    secret = path.parent / "secret"
+    secret.write_text('{"sha": "' + SHA + '"}')
+    path.symlink_to(secret)
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _directory(path: Path) -> None:
+    path.mkdir()
+
+
+def _huge(path: Path) -> None:
+    path.write_text('{"sha": "' + "x" * handoff.MAX_RECORD_BYTES + '"}')
+
+
+def _deep(path: Path) -> None:
+    path.write_text('{"sha": ' + "[" * 30_000 + "]" * 30_000 + "}")  # under the size bound
+
+
+def _not_json(path: Path) -> None:
+    path.write_bytes(b"\xff\xfe not json")
+
+
+def _list(path: Path) -> None:
+    path.write_text("[1, 2]")
+
+
+def _wrong_type(path: Path) -> None:
+    path.write_text('{"sha": 42}')
+
+
+def _bool_for_int(path: Path) -> None:
+    path.write_text('{"sha": "' + SHA + '", "seq": true}')
+
+
+@pytest.mark.parametrize(("make", "fragment"), [
+    (_symlink, "cannot be opened"),
+    (_fifo, "not a regular file"),
+    (_directory, "not a regular file"),
+    (_huge, "larger than"),
+    (_deep, "not valid JSON"),
+    (_not_json, "not valid JSON"),
+    (_list, "not a JSON object"),
+    (_wrong_type, "wrong type"),
+    (_bool_for_int, "wrong type"),
+    (lambda path: None, "does not exist"),
+])
+def test_hostile_records_are_refused_without_blocking_or_following(tmp_path: Path, make, fragment: str) -> None:
+    path = tmp_path / "checkpoint.json"
+    make(path)
+    with pytest.raises(RecordError, match=fragment):
+        read_record(path, Snapshot)
+
+
+def test_unknown_keys_are_ignored(tmp_path: Path) -> None:
+    (tmp_path / "c.json").write_text('{"sha": "' + SHA + '", "seq": 2, "extra": {"a": 1}}')
+    assert read_record(tmp_path / "c.json", Snapshot) == Snapshot(sha=SHA, seq=2)
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    (SHA, True), ("b" * 64, True), ("A" * 40, False), ("a" * 39, False), ("--all", False), (40, False),
+])
+def test_is_sha(value: object, ok: bool) -> None:
+    assert handoff.is_sha(value) is ok
+
+
+@pytest.mark.parametrize(("claimed", "taken"), [
+    (int(ExitCode.OK), ExitCode.AGENT_FAILED),  # the agent's uid cannot claim success ...
+    (int(ExitCode.FENCED), ExitCode.AGENT_FAILED),  # ... or a fencing the publisher did not see
+    (int(ExitCode.STORY_NOT_FOUND), ExitCode.STORY_NOT_FOUND),
+    (int(ExitCode.TERMINATED), ExitCode.TERMINATED),
+    (999, ExitCode.AGENT_FAILED),
+])
+def test_an_error_code_from_the_agent_phase_is_bounded(claimed: int, taken: ExitCode) -> None:
+    assert publish._exit_code(claimed) is taken
+
+
+def test_empty_dir_keeps_a_mount_point_and_removes_what_is_in_it(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "f").write_text("x")
+    (root / "link").symlink_to(tmp_path)
+    handoff.empty_dir(root)
+    assert root.is_dir() and list(root.iterdir()) == [] and tmp_path.exists()
+    assert oct(root.stat().st_mode & 0o777) == oct(0o700)
