@@ -214,3 +214,13 @@ def test_parser_handles_continuations() -> None:
     )
     assert global_args == {"V": "1.2.3"}
     assert [(i.keyword, i.args) for i in stages[0].instructions] == [("RUN", "one two"), ("USER", "5")]
+
+
+def test_runner_knows_both_uids_of_the_story_pod(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+    """The agent and git uids of the pod layout exist in the image (ssh refuses a uid without a passwd entry)."""
+    from huskies_agent import contract
+
+    _args, stages = dockerfile
+    runs = " ".join(i.args for i in _stage(stages, "runner").all("RUN"))
+    for uid in (contract.AGENT_UID, contract.GIT_UID):
+        assert re.search(rf"useradd --uid {uid}\b", runs), f"runner image has no user {uid}"
