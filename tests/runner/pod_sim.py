@@ -230,10 +230,40 @@ class PodSim:
         _code, message = objects.pod_termination(self.pod_status())
         return objects.parse_result(message)
 
+    def kill(self, name: str) -> None:
+        """What the kernel does to a container killed for memory: SIGKILL to every process in it."""
+        proc = self.procs[name]
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def close(self) -> None:
-        for proc in self.procs.values():
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                self.kill(name)
             stop_process_group(proc)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (wherever its session or process group went)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ DEFAULT_CLAUDE_BIN = "claude"
 DEFAULT_AGENT_TIMEOUT_SECONDS = 2 * 3600.0
 DEFAULT_GIT_TIMEOUT_SECONDS = 600.0
 DEFAULT_CLONE_DEPTH = 50
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 120.0
 DEFAULT_AUTHOR_NAME = "huskies-agent"
 DEFAULT_AUTHOR_EMAIL = "huskies-agent@users.noreply.localhost"
 
@@ -70,6 +71,8 @@ class RunnerConfig:
     author_email: str
     #: How often the work in progress is pushed (fenced) while the agent runs.
     checkpoint_interval_seconds: float
+    #: The publisher takes the agent's container as gone after this long without a heartbeat.
+    heartbeat_timeout_seconds: float
 
     @property
     def branch(self) -> str:
@@ -242,6 +245,8 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str] | None
         author_name=_one_line(environ.get("HUSKIES_GIT_AUTHOR_NAME", "")) or DEFAULT_AUTHOR_NAME,
         author_email=_one_line(environ.get("HUSKIES_GIT_AUTHOR_EMAIL", "")) or DEFAULT_AUTHOR_EMAIL,
         checkpoint_interval_seconds=checkpoint or contract.DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
+        heartbeat_timeout_seconds=_optional_float(environ, contract.ENV_AGENT_HEARTBEAT_TIMEOUT)
+        or DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
     )
 
 

@@ -39,8 +39,6 @@ MAX_PUSH_ATTEMPTS = 3
 POLL_SECONDS = 1.0
 #: After SIGTERM, how long the publisher waits for the agent phase's final report.
 HANDOFF_GRACE_SECONDS = 45.0
-#: Without a heartbeat for this long (and no report) the agent container is taken as gone.
-HEARTBEAT_TIMEOUT_SECONDS = 120.0
 _SUMMARY_CHARS = 1500
 
 
@@ -163,7 +161,7 @@ class Publisher:
                 self._after_stop()
                 return
             self._maybe_checkpoint()
-            if time.monotonic() - started > HEARTBEAT_TIMEOUT_SECONDS and self._agent_silent():
+            if time.monotonic() - started > self.cfg.heartbeat_timeout_seconds and self._agent_silent():
                 self._finish_without_report(ExitCode.AGENT_FAILED,
                                             "the agent container stopped without handing over its work")
                 return
@@ -195,7 +193,7 @@ class Publisher:
             age = time.time() - os.lstat(self.ws.heartbeat).st_mtime
         except OSError:
             return True
-        return age > HEARTBEAT_TIMEOUT_SECONDS
+        return age > self.cfg.heartbeat_timeout_seconds
 
     # ------------------------------------------------------------------ checkpoints
     def _maybe_checkpoint(self) -> None:

@@ -19,14 +19,21 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from types import FrameType
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from huskies_agent.contract import Phase
+from huskies_agent.contract import ENV_WORKDIR, Phase
 from huskies_agent.runner.agent_phase import prepare_out, run_agent_phase
 from huskies_agent.runner.clone_phase import clone
-from huskies_agent.runner.config import DEFAULT_TERMINATION_LOG, RunnerConfig, load_config, raw_inputs
+from huskies_agent.runner.config import (
+    DEFAULT_TERMINATION_LOG,
+    DEFAULT_WORKDIR,
+    RunnerConfig,
+    load_config,
+    raw_inputs,
+)
 from huskies_agent.runner.credentials import GitAuth
 from huskies_agent.runner.git import Git
 from huskies_agent.runner.handoff import AgentReport, State, Workspace, empty_dir, write_record
@@ -145,6 +152,18 @@ def _execute(phase: Phase, cfg: RunnerConfig, result: RunResult, environ: Mappin
             raise errors[0]
 
 
+def _leave_report(environ: Mapping[str, str], result: RunResult) -> None:
+    """The agent phase failed before it could report (e.g. a bad limit): tell the publisher why."""
+    ws = Workspace(Path(environ.get(ENV_WORKDIR) or DEFAULT_WORKDIR))
+    if ws.agent_report.exists() or ws.agent_report.is_symlink():
+        return
+    try:
+        ws.out.mkdir(parents=True, exist_ok=True)
+        write_record(ws.agent_report, AgentReport(error_code=result.exit_code, error=result.error))
+    except OSError as exc:
+        log.warning("could not leave the agent phase's report: %s", exc)
+
+
 def _initial_result(options: Mapping[str, object], environ: Mapping[str, str], redactor: Redactor) -> RunResult:
     raw = raw_inputs(options, environ)
     result = RunResult(story_id=redactor.redact(raw["story_id"]), stage=redactor.redact(raw["stage"]))
@@ -195,6 +214,8 @@ def run_story(
         result.fail(ExitCode.TERMINATED, f"stopped by {exc}")
     for key in ("story_id", "stage", "branch", "commit", "base_commit", "error"):
         setattr(result, key, redactor.redact(getattr(result, key)))
+    if phase is Phase.AGENT and result.exit_code:
+        _leave_report(environ, result)
     line = result.to_json()
     if result.exit_code:
         log.error("story run failed (exit %d): %s", result.exit_code, result.error)
