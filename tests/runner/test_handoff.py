@@ -90,15 +90,16 @@ def test_is_sha(value: object, ok: bool) -> None:
     assert handoff.is_sha(value) is ok
 
 
-@pytest.mark.parametrize(("claimed", "taken"), [
-    (int(ExitCode.OK), ExitCode.AGENT_FAILED),  # the agent's uid cannot claim success ...
-    (int(ExitCode.FENCED), ExitCode.AGENT_FAILED),  # ... or a fencing the publisher did not see
-    (int(ExitCode.STORY_NOT_FOUND), ExitCode.STORY_NOT_FOUND),
-    (int(ExitCode.TERMINATED), ExitCode.TERMINATED),
-    (999, ExitCode.AGENT_FAILED),
+@pytest.mark.parametrize(("claimed", "stopped", "taken"), [
+    (int(ExitCode.OK), False, ExitCode.AGENT_FAILED),  # the agent's uid cannot claim success ...
+    (int(ExitCode.FENCED), False, ExitCode.AGENT_FAILED),  # ... or a fencing the publisher did not see
+    (int(ExitCode.TERMINATED), False, ExitCode.AGENT_FAILED),  # ... or a stop it did not get
+    (int(ExitCode.TERMINATED), True, ExitCode.TERMINATED),
+    (int(ExitCode.STORY_NOT_FOUND), False, ExitCode.STORY_NOT_FOUND),
+    (999, False, ExitCode.AGENT_FAILED),
 ])
-def test_an_error_code_from_the_agent_phase_is_bounded(claimed: int, taken: ExitCode) -> None:
-    assert publish._exit_code(claimed) is taken
+def test_an_error_code_from_the_agent_phase_is_bounded(claimed: int, stopped: bool, taken: ExitCode) -> None:
+    assert publish._exit_code(claimed, stopped=stopped) is taken
 
 
 def test_empty_dir_keeps_a_mount_point_and_removes_what_is_in_it(tmp_path: Path) -> None:

@@ -44,20 +44,13 @@ SNAPSHOT_REF = "refs/huskies/snapshot"
 HEARTBEAT_SECONDS = 5.0
 
 
-def identity(cfg: RunnerConfig) -> dict[str, str]:
-    return {
-        "GIT_AUTHOR_NAME": cfg.author_name, "GIT_AUTHOR_EMAIL": cfg.author_email,
-        "GIT_COMMITTER_NAME": cfg.author_name, "GIT_COMMITTER_EMAIL": cfg.author_email,
-    }
-
-
 class Snapshotter:
     """Commits the checkout's whole tree (with a private index) on top of its HEAD."""
 
     def __init__(self, git: Git, ws: Workspace, cfg: RunnerConfig) -> None:
         self.git = git
         self.ws = ws
-        self.identity = identity(cfg)
+        self.identity = cfg.identity
         self.lock = threading.Lock()
         self.seq = 0
 

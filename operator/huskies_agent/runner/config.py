@@ -79,6 +79,14 @@ class RunnerConfig:
         return branch_for(self.story_id)
 
     @property
+    def identity(self) -> dict[str, str]:
+        """Author and committer of the runner's commits, as git env vars."""
+        return {
+            "GIT_AUTHOR_NAME": self.author_name, "GIT_AUTHOR_EMAIL": self.author_email,
+            "GIT_COMMITTER_NAME": self.author_name, "GIT_COMMITTER_EMAIL": self.author_email,
+        }
+
+    @property
     def role(self) -> str:
         return stages.ROLE_FOR_STAGE[self.stage]
 

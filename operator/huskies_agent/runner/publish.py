@@ -39,6 +39,8 @@ MAX_PUSH_ATTEMPTS = 3
 POLL_SECONDS = 1.0
 #: After SIGTERM, how long the publisher waits for the agent phase's final report.
 HANDOFF_GRACE_SECONDS = 45.0
+#: When the agent phase reports a stop, how long the publisher waits for its own SIGTERM.
+TERMINATION_CONFIRM_SECONDS = 5.0
 _SUMMARY_CHARS = 1500
 
 
@@ -239,10 +241,8 @@ class Publisher:
         if word == "checkpoint" and (tree, parent) == self.last_pushed:
             return None  # nothing new since the last checkpoint
         self._pending = (tree, parent)
-        from huskies_agent.runner.agent_phase import identity
-
         return self.git.commit_tree(repo, tree, [parent], commit_message(self.cfg, report, word),
-                                    identity(self.cfg))
+                                    self.cfg.identity)
 
     def _publish(self, snapshot: str, report: AgentReport | None, word: str) -> PushReport | None:
         commit = self._commit(snapshot, report, word)
@@ -275,9 +275,14 @@ class Publisher:
     def finish(self, report: AgentReport, *, terminated: bool = False) -> None:
         r = self.result
         r.agent_exit_status, r.turns, r.cost_usd = report.exit_status, report.turns, report.cost_usd
-        terminated = terminated or report.terminated
+        says_stopped = report.terminated or report.error_code == ExitCode.TERMINATED
+        if says_stopped and not self.stop.is_set():
+            # The pod's containers get SIGTERM together; give ours a moment to arrive. Only a
+            # stop this process saw counts: the agent could claim one to dodge the retry count.
+            self.stop.wait(TERMINATION_CONFIRM_SECONDS)
+        terminated = terminated or self.stop.is_set()
         if report.error_code and not report.snapshot:
-            code = _exit_code(report.error_code)
+            code = _exit_code(report.error_code, stopped=terminated)
             if terminated and self._latest_checkpoint():
                 self._finish_without_report(ExitCode.TERMINATED, f"stopped by a signal; {report.error}")
             else:
@@ -331,10 +336,13 @@ class Publisher:
             r.fail(ExitCode.REMOTE_FAILED, push.message)
 
 
-def _exit_code(value: int) -> ExitCode:
+def _exit_code(value: int, *, stopped: bool) -> ExitCode:
     try:
         code = ExitCode(value)
     except ValueError:
         return ExitCode.AGENT_FAILED
-    # The agent's uid wrote this: it may not claim success or a fencing it did not see.
-    return ExitCode.AGENT_FAILED if code in (ExitCode.OK, ExitCode.FENCED) else code
+    # The agent's uid wrote this: it may not claim success, a fencing the publisher did not
+    # see, or a stop the publisher did not get (TERMINATED is not counted as a failure).
+    if code in (ExitCode.OK, ExitCode.FENCED) or (code is ExitCode.TERMINATED and not stopped):
+        return ExitCode.AGENT_FAILED
+    return code
