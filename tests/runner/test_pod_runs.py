@@ -6,12 +6,23 @@ when the tests run as root, else all as this uid).
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from pod_sim import PodSim
-from runner_helpers import FAKE_CLAUDE, STORY_ID, StoryRepo, clone_branch, remote_branches, trailers
+from runner_helpers import (
+    FAKE_CLAUDE,
+    STORY_ID,
+    StoryRepo,
+    clone_branch,
+    prepare_run,
+    remote_branches,
+    run_runner,
+    runner_command,
+    trailers,
+)
 
 from huskies_agent import contract
 from huskies_agent.k8s import objects
@@ -67,3 +78,20 @@ def test_an_agent_container_killed_without_a_report_keeps_its_last_checkpoint(
     checkout = clone_branch(repo.url, BRANCH, tmp_path / "check")
     assert trailers(checkout)["Huskies-Outcome"] == "checkpoint"
     assert trailers(checkout)["Huskies-Claim-Epoch"] == "5"
+
+
+def test_records_left_in_a_reused_workdir_do_not_reach_the_publisher(repo: StoryRepo, tmp_path: Path) -> None:
+    env, workdir = prepare_run(tmp_path, None, tmp_path / "reused")
+    (workdir / "out").mkdir(parents=True)
+    (workdir / "out" / "agent.json").write_text('{"error_code": 11, "error": "a stale report"}')
+    # The clone phase alone (as the init container runs it) clears them before any publisher starts.
+    cmd = runner_command(story_id=STORY_ID, stage="2_current", repo_url=repo.url)
+    cmd.insert(cmd.index("run-story") + 1, "clone")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert not (workdir / "out").exists()
+    assert (workdir / "handoff" / "seed.git").is_dir()
+    # And a whole run in that workdir is not misled by them.
+    run = run_runner(tmp_path, story_id=STORY_ID, repo_url=repo.url, workdir=workdir)
+    assert run.returncode == 0, run.stderr
+    assert run.result["pushed"] is True and "stale" not in run.all_output

@@ -9,6 +9,7 @@ the agent clones its checkout from it.
 from __future__ import annotations
 
 import logging
+import shutil
 
 from huskies_agent.runner.config import RunnerConfig
 from huskies_agent.runner.git import Git
@@ -65,6 +66,12 @@ def clone(cfg: RunnerConfig, git: Git, ws: Workspace, st: State) -> CloneInfo:
     info = CloneInfo(start_sha=start, fork_sha=fork, resumed=resumed, base_present=base_present)
     write_record(st.clone_record, info, mode=0o600)
 
+    # Records of an earlier run in a reused workdir must not reach this run's publisher.
+    # (In the pod the workspace is fresh; the agent's uid creates out/ itself.)
+    if ws.out.is_symlink() or ws.out.is_file():
+        ws.out.unlink()
+    elif ws.out.exists():
+        shutil.rmtree(ws.out)
     empty_dir(ws.handoff, 0o755)
     git.init_bare(ws.seed)
     git.fetch_local(ws.seed, st.repo, refspecs)
