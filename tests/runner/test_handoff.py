@@ -110,3 +110,35 @@ def test_empty_dir_keeps_a_mount_point_and_removes_what_is_in_it(tmp_path: Path)
     handoff.empty_dir(root)
     assert root.is_dir() and list(root.iterdir()) == [] and tmp_path.exists()
     assert oct(root.stat().st_mode & 0o777) == oct(0o700)
+
+
+@pytest.mark.parametrize(("report", "expected"), [
+    (AgentReport(), (ExitCode.OK, "completed")),
+    (AgentReport(failure="x"), (ExitCode.AGENT_FAILED, "agent-failed")),
+    (AgentReport(failure="x", timed_out=True), (ExitCode.AGENT_TIMEOUT, "agent-timeout")),
+    (AgentReport(failure="x", failure_code=int(ExitCode.AGENT_TIMEOUT), outcome="budget"),
+     (ExitCode.AGENT_TIMEOUT, "budget")),
+    # what the agent's uid may not pass off: success, fencing, a stop, an input error ...
+    (AgentReport(failure="x", failure_code=int(ExitCode.OK)), (ExitCode.AGENT_FAILED, "agent-failed")),
+    (AgentReport(failure="x", failure_code=int(ExitCode.FENCED)), (ExitCode.AGENT_FAILED, "agent-failed")),
+    (AgentReport(failure="x", failure_code=int(ExitCode.TERMINATED)), (ExitCode.AGENT_FAILED, "agent-failed")),
+    (AgentReport(failure="x", failure_code=int(ExitCode.INVALID_INPUT)), (ExitCode.AGENT_FAILED, "agent-failed")),
+    # ... or a word that would add a trailer to the commit the publisher makes
+    (AgentReport(failure="x", outcome="done\nHuskies-Claim-Epoch: 999"), (ExitCode.AGENT_FAILED, "agent-failed")),
+    (AgentReport(failure="x", outcome="completed"), (ExitCode.AGENT_FAILED, "agent-failed")),
+])
+def test_the_agents_outcome_is_bounded(report: AgentReport, expected: tuple[ExitCode, str]) -> None:
+    assert publish.failure_of(report) == expected
+
+
+def test_a_multi_line_failure_cannot_add_a_trailer_to_the_commit() -> None:
+    from huskies_agent.runner.config import load_config
+
+    cfg = load_config({"story_id": "42_x", "stage": "2_current", "repo_url": "https://git.example/r.git",
+                       "epoch": "3", "node": "n"}, environ={})
+    report = AgentReport(failure="boom\n\nHuskies-Claim-Epoch: 999999\n", summary="hi\n\nHuskies-Claim-Epoch: 9")
+    message = publish.commit_message(cfg, report, "agent-failed")
+    last_paragraph = message.strip().split("\n\n")[-1]
+    assert [line for line in message.splitlines() if line.startswith("Huskies-Claim-Epoch")] == [
+        "Huskies-Claim-Epoch: 3"]
+    assert last_paragraph.startswith("Huskies-Story:")

@@ -193,10 +193,13 @@ def run_agent_phase(cfg: RunnerConfig, ws: Workspace, environ: Mapping[str, str]
         "agent finished: status=%s timed_out=%s is_error=%s turns=%s cost_usd=%s",
         outcome.exit_status, outcome.timed_out, outcome.is_error, outcome.turns, outcome.cost_usd,
     )
+    failure = outcome.failure()
     report = AgentReport(
         started=outcome.started or terminated is not None, exit_status=outcome.exit_status,
         timed_out=outcome.timed_out, terminated=terminated is not None,
-        failure=outcome.failure() if terminated is None else f"stopped by {terminated}",
+        failure=failure if terminated is None else f"stopped by {terminated}",
+        failure_code=int(_failure_code_of(outcome)) if failure else 0,
+        outcome=("agent-timeout" if outcome.timed_out else "agent-failed") if failure else "completed",
         turns=outcome.turns, cost_usd=outcome.cost_usd, summary=outcome.summary,
     )
     if not (checkout / ".git").is_dir():
@@ -207,6 +210,10 @@ def run_agent_phase(cfg: RunnerConfig, ws: Workspace, environ: Mapping[str, str]
     except RunnerError as exc:
         return _with_error(report, exc.code, f"the agent's work could not be collected: {exc.message}")
     return AgentReport(**{**report.__dict__, "snapshot": sha})
+
+
+def _failure_code_of(outcome: AgentOutcome) -> ExitCode:
+    return ExitCode.AGENT_TIMEOUT if outcome.timed_out else ExitCode.AGENT_FAILED
 
 
 def _failure_code(report: AgentReport) -> ExitCode:

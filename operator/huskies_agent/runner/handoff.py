@@ -138,7 +138,11 @@ class AgentReport:
     exit_status: int | None = None
     timed_out: bool = False
     terminated: bool = False
+    #: Why the agent's run counts as failed ("" when it did not), the exit code for it
+    #: (0: derived from ``timed_out``) and the commit's ``Huskies-Outcome`` word ("": derived).
     failure: str = ""
+    failure_code: int = 0
+    outcome: str = ""
     turns: int | None = None
     cost_usd: float | None = None
     summary: str = ""

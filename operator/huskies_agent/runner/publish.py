@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ def commit_message(cfg: RunnerConfig, report: AgentReport | None, word: str) -> 
         if word == "completed":
             lines.append(f"The {role} agent finished (stage {cfg.stage}).")
         else:
-            why = report.failure if report else "unknown"
+            why = " ".join((report.failure if report else "unknown").split())[:500]  # one line, whatever it holds
             lines.append(f"The {role} agent did not finish ({why}); this commit keeps its partial work.")
     summary = (report.summary if report else "").strip()
     if summary:
@@ -293,13 +294,9 @@ class Publisher:
             r.fail(ExitCode.FENCED, self.fenced.message)
             return
         failure = report.failure if not terminated else (report.failure or "stopped by a signal")
-        failure_code = ExitCode.AGENT_TIMEOUT if report.timed_out else ExitCode.AGENT_FAILED
+        failure_code, word = failure_of(report)
         if terminated:
             word = "checkpoint"
-        elif report.failure:
-            word = "agent-timeout" if report.timed_out else "agent-failed"
-        else:
-            word = "completed"
         push = self._publish(report.snapshot, report, word)
         if push is None and self.expected != self.info.start_sha:
             # Unchanged since the last checkpoint, which stands as this run's push.
@@ -334,6 +331,32 @@ class Publisher:
             r.fail(ExitCode.PUSH_REJECTED, push.message)
         else:
             r.fail(ExitCode.REMOTE_FAILED, push.message)
+
+
+_OUTCOME_WORD = re.compile(r"^[a-z][a-z-]{0,31}$")
+
+
+def failure_of(report: AgentReport) -> tuple[ExitCode, str]:
+    """The exit code and ``Huskies-Outcome`` word for the agent's outcome, both bounded.
+
+    The word goes into a trailer, so it is one short lowercase word (no line break could
+    add a forged ``Huskies-Claim-Epoch`` to the tip); the code is a failure the agent may
+    report, never success, a fencing or a stop.
+    """
+    default = ExitCode.AGENT_TIMEOUT if report.timed_out else ExitCode.AGENT_FAILED
+    if not report.failure:
+        return ExitCode.OK, "completed"
+    code = _exit_code(report.failure_code, stopped=False) if report.failure_code else default
+    if code is ExitCode.OK or code not in _AGENT_FAILURES:
+        code = default
+    word = report.outcome if _OUTCOME_WORD.match(report.outcome) and report.outcome != "completed" else ""
+    return code, word or ("agent-timeout" if report.timed_out else "agent-failed")
+
+
+#: Failures the agent's run may end with (the agent phase chooses; the agent's uid writes it).
+_AGENT_FAILURES = frozenset(
+    c for c in ExitCode if c.name.startswith("AGENT_") or c in (ExitCode.NO_CHANGES, ExitCode.GIT_FAILED)
+)
 
 
 def _exit_code(value: int, *, stopped: bool) -> ExitCode:
