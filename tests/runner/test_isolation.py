@@ -147,7 +147,8 @@ def test_hostile_agent_gets_no_credentials_and_only_the_fenced_push_lands(
         assert secret not in outputs
     assert ANTHROPIC not in outputs  # redacted in the agent's log
     # ... and its traps never ran as anything but itself.
-    assert trap_uids <= {str(contract.AGENT_UID)}, trap_uids
+    # (they are live: the agent phase's own git, in the agent's uid, set them off)
+    assert trap_uids == {str(contract.AGENT_UID)}, trap_uids
     assert all(p["rc"] != 0 for p in pushes.values()), pushes
 
     branches = remote_branches(url_with_token(url))
