@@ -134,6 +134,7 @@ def test_hostile_agent_gets_no_credentials_and_only_the_fenced_push_lands(
         trap_uids = {p.name.split("-")[1] for p in loot.glob("trap-*") if p.name != "trap.sh"}
         pushes = json.loads(next(loot.glob("pushes-*.json")).read_text())
         looked_at = {p.name.split("-")[0] for p in loot.glob("*.json")}
+        lurked = "".join(p.read_text() for p in loot.glob("lurker-*.json"))
         result = pod.result()
     finally:
         pod.close()
@@ -141,6 +142,7 @@ def test_hostile_agent_gets_no_credentials_and_only_the_fenced_push_lands(
     # It looked everywhere: every process, the volumes, its own environment ...
     assert looked_at == {"env", "procs", "files", "pushes", "lurker"}, looked_at
     assert ANTHROPIC in stolen  # (sanity: it did see what the agent is meant to see)
+    assert "run-story\\u0000publish" in lurked  # the lurker watched the publisher's processes at work
     for secret in (TOKEN, SSH_KEY.splitlines()[1]):
         assert secret not in stolen, "the agent read a git credential"
         assert secret not in workspace, "a git credential was left in the workspace"
