@@ -34,6 +34,9 @@ RUN npm install --global --omit=dev "@anthropic-ai/claude-code@${CLAUDE_CODE_VER
  && /opt/claude --version
 
 # ---------------------------------------------------------------- runner: the build Job's image
+# One image, three containers in the story pod (huskies_agent/contract.py): `run-story clone`
+# and `run-story publish` as uid 10002 (huskies-git, holds the git Secret), `run-story agent`
+# as uid 10001 (huskies, runs Claude Code). ssh needs a passwd entry for the uid it runs as.
 FROM python:3.11.13-slim-bookworm AS runner
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
@@ -41,6 +44,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 huskies \
  && useradd --uid 10001 --gid 10001 --home-dir /work/home --no-create-home --shell /usr/sbin/nologin huskies \
+ && groupadd --gid 10002 huskies-git \
+ && useradd --uid 10002 --gid 10002 --home-dir /var/run/huskies/publisher/home --no-create-home \
+      --shell /usr/sbin/nologin huskies-git \
  && mkdir -p /work/home \
  && chown -R 10001:10001 /work
 COPY --from=claude /usr/local/bin/node /usr/local/bin/node

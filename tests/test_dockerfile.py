@@ -318,3 +318,12 @@ def build_context_all(dest: Path) -> Path:
         shutil.copy2(ROOT / rel, dest / rel)
     shutil.copytree(ROOT / "operator", dest / "operator", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return dest
+
+def test_runner_knows_both_uids_of_the_story_pod(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+    """The agent and git uids of the pod layout exist in the image (ssh refuses a uid without a passwd entry)."""
+    from huskies_agent import contract
+
+    _args, stages = dockerfile
+    runs = " ".join(i.args for i in _stage(stages, "runner").all("RUN"))
+    for uid in (contract.AGENT_UID, contract.GIT_UID):
+        assert re.search(rf"useradd --uid {uid}\b", runs), f"runner image has no user {uid}"

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from huskies_agent import claims
+from huskies_agent.contract import ExitCode
 from huskies_agent.k8s import objects
 from huskies_agent.k8s.api import ApiException, Kube, is_conflict, is_not_found
 from huskies_agent.metrics import Metrics
 from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.document import Changes, PipelineDoc
 from huskies_agent.pipeline.model import NodePresence, Story
-from huskies_agent.runner.result import ExitCode
 from huskies_agent.settings import Settings
 
 log = logging.getLogger(__name__)

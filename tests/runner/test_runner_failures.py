@@ -180,7 +180,7 @@ def test_push_rejected_by_a_hook(tmp_path: Path, repo: StoryRepo) -> None:
     assert BRANCH not in remote_branches(repo.url)
 
 
-def test_sigterm_stops_the_agent_and_pushes_nothing(tmp_path: Path, repo: StoryRepo) -> None:
+def test_sigterm_stops_the_agent_and_pushes_a_checkpoint(tmp_path: Path, repo: StoryRepo) -> None:
     pidfile = tmp_path / "child.pid"
     env, _workdir = prepare_run(
         tmp_path, {"FAKE_CLAUDE_MODE": "hang", "FAKE_CLAUDE_EDIT": "1",
@@ -202,8 +202,13 @@ def test_sigterm_stops_the_agent_and_pushes_nothing(tmp_path: Path, repo: StoryR
             proc.communicate(timeout=10)
     assert proc.returncode == 19
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["exit_code"] == 19 and result["pushed"] is False
-    assert "SIGTERM" in result["error"]
+    assert result["exit_code"] == 19 and result["pushed"] is True
+    assert "SIGTERM" in result["error"] and "work in progress was pushed" in result["error"]
     assert process_gone(int(pidfile.read_text()))
-    assert BRANCH not in remote_branches(repo.url)
+    # I6: what the agent had written is on the branch, fenced by the run's epoch, marked a checkpoint.
+    assert remote_branches(repo.url)[BRANCH] == result["commit"]
+    checkout = clone_branch(repo.url, BRANCH, tmp_path / "check")
+    assert (checkout / "fake_claude_output.txt").exists()
+    assert trailers(checkout)["Huskies-Outcome"] == "checkpoint"
+    assert trailers(checkout)["Huskies-Claim-Epoch"] == "1"
     assert Path(env["HUSKIES_TERMINATION_LOG"]).read_text().strip() == out.strip().splitlines()[-1]

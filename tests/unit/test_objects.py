@@ -38,18 +38,20 @@ def test_job_spec_contract():
     assert spec["backoffLimit"] == 0
     pod = spec["template"]["spec"]
     c = pod["containers"][0]
-    assert c["command"] == ["huskies-agent", "run-story"]
-    assert c["args"] == ["--story-id=42_feature", "--stage=2_current", "--repo-url=https://git.example/repo.git",
-                         "--base-branch=main", "--epoch=7", "--node=node-1"]
+    assert c["name"] == "agent" and c["command"] == ["huskies-agent", "run-story"]
+    assert c["args"] == ["agent", "--story-id=42_feature", "--stage=2_current",
+                         "--repo-url=https://git.example/repo.git", "--base-branch=main", "--epoch=7",
+                         "--node=node-1"]
     assert c["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
     assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["runAsNonRoot"]
     env = {e["name"]: e for e in c["env"]}
     assert env["ANTHROPIC_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "anthropic"
-    assert env["HUSKIES_GIT_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "git"
+    assert not any(name.startswith("HUSKIES_GIT") for name in env)
     # credentials only by reference, never as literal values in the spec
-    for e in c["env"]:
-        if any(w in e["name"] for w in ("TOKEN", "API_KEY")):
-            assert "value" not in e and "valueFrom" in e, e
+    for container in pod["containers"] + pod["initContainers"]:
+        for e in container["env"]:
+            if any(w in e["name"] for w in ("TOKEN", "API_KEY")) and not e["name"].endswith("_FILE"):
+                assert "value" not in e and "valueFrom" in e, e
     assert pod["nodeSelector"] == {"pool": "build"} and pod["priorityClassName"] == "builds"
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     ann = spec["template"]["metadata"]["annotations"]
@@ -76,7 +78,7 @@ def test_status_readers():
     job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
     assert objects.job_condition(job) == "Failed"
     assert objects.job_failure_reason(job).startswith("BackoffLimitExceeded")
-    pod = {"status": {"containerStatuses": [{"name": "runner", "state": {"terminated": {
+    pod = {"status": {"containerStatuses": [{"name": "publish", "state": {"terminated": {
         "exitCode": 0, "message": 'log line\n{"commit": "abc", "pushed": true}'}}}]}}
     code, msg = objects.pod_termination(pod)
     assert code == 0 and objects.parse_result(msg) == {"commit": "abc", "pushed": True}

@@ -6,19 +6,15 @@ unit-tested without a cluster (the habit dask-kubernetes' operator follows).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from huskies_agent.k8s import naming
+from huskies_agent import contract
+from huskies_agent.k8s import buildpod, naming
 from huskies_agent.pipeline.model import branch_for
-from huskies_agent.settings import BuildPodSettings, Settings
+from huskies_agent.settings import Settings
 
-RUNNER_CONTAINER = "runner"
-WORKDIR = "/work"
-GIT_SSH_DIR = "/var/run/secrets/huskies/git"
-TERMINATION_LOG = "/dev/termination-log"
 API_VERSION = f"{naming.GROUP}/{naming.VERSION}"
 
 
@@ -83,45 +79,15 @@ def build_storyjob(settings: Settings, run: RunSpec) -> dict[str, Any]:
 
 
 def runner_args(settings: Settings, run: RunSpec) -> list[str]:
-    """The runner's command-line contract (see docs/runner.md).
+    """The runner's command-line contract (see docs/runner.md), after the phase.
 
     Options are passed as ``--flag=value`` so no value can ever be read as a flag.
     """
-    return [
-        f"--story-id={run.story_id}",
-        f"--stage={run.stage}",
-        f"--repo-url={settings.build.repo_url}",
-        f"--base-branch={settings.build.base_branch}",
-        f"--epoch={run.epoch}",
-        f"--node={run.node}",
-    ]
-
-
-def _runner_env(build: BuildPodSettings) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
-        {"name": "HOME", "value": f"{WORKDIR}/home"},
-        {"name": "HUSKIES_WORKDIR", "value": WORKDIR},
-        {"name": "HUSKIES_TERMINATION_LOG", "value": TERMINATION_LOG},
-        {"name": "HUSKIES_MAX_TURNS", "value": str(build.max_turns)},
-        {"name": "HUSKIES_AGENT_TIMEOUT_SECONDS", "value": str(build.agent_timeout_seconds)},
-    ]
-    if build.model:
-        env.append({"name": "HUSKIES_MODEL", "value": build.model})
-    if build.max_budget_usd:
-        env.append({"name": "HUSKIES_MAX_BUDGET_USD", "value": str(build.max_budget_usd)})
-    if build.git_secret:
-        env.append({
-            "name": "HUSKIES_GIT_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": build.git_secret, "key": "token", "optional": True}},
-        })
-        env.append({"name": "HUSKIES_GIT_SSH_KEY_FILE", "value": f"{GIT_SSH_DIR}/ssh-privatekey"})
-    if build.anthropic_secret:
-        env.append({
-            "name": "ANTHROPIC_API_KEY",
-            "valueFrom": {"secretKeyRef": {"name": build.anthropic_secret, "key": "api-key"}},
-        })
-    env.extend(dict(e) for e in build.extra_env)
-    return env
+    values = {
+        "story_id": run.story_id, "stage": run.stage, "repo_url": settings.build.repo_url,
+        "base_branch": settings.build.base_branch, "epoch": str(run.epoch), "node": run.node,
+    }
+    return [f"{flag}={values[dest]}" for flag, dest, _env in contract.OPTIONS]
 
 
 def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[str, Any]:
@@ -135,58 +101,22 @@ def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[s
         pod_annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] = "false"
         pod_annotations["karpenter.sh/do-not-disrupt"] = "true"
 
-    volumes: list[dict[str, Any]] = [
-        {"name": "work", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "work", "mountPath": WORKDIR},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    if build.git_secret:
-        volumes.append({
-            "name": "git-credentials",
-            "secret": {"secretName": build.git_secret, "optional": True, "defaultMode": 0o400},
-        })
-        mounts.append({"name": "git-credentials", "mountPath": GIT_SSH_DIR, "readOnly": True})
-    volumes.extend(dict(v) for v in build.extra_volumes)
-    mounts.extend(dict(m) for m in build.extra_volume_mounts)
-
     resources: dict[str, Any] = {}
     if build.requests:
         resources["requests"] = {k: str(v) for k, v in build.requests.items()}
     if build.limits:
         resources["limits"] = {k: str(v) for k, v in build.limits.items()}
-
-    container: dict[str, Any] = {
-        "name": RUNNER_CONTAINER,
-        "image": build.image,
-        "imagePullPolicy": build.image_pull_policy,
-        "command": ["huskies-agent", "run-story"],
-        "args": runner_args(settings, run),
-        "env": _runner_env(build),
-        "resources": resources,
-        "volumeMounts": mounts,
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "workingDir": WORKDIR,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-    }
+    init_containers, containers = buildpod.containers(build, runner_args(settings, run), resources)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "containers": [container],
-        "volumes": volumes,
+        "initContainers": init_containers,
+        "containers": containers,
+        "volumes": buildpod.volumes(build),
         "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "fsGroup": 10001},
+        "shareProcessNamespace": False,
+        "securityContext": buildpod.pod_security(),
         "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": contract.TERMINATION_GRACE_SECONDS,
     }
     if build.service_account:
         pod_spec["serviceAccountName"] = build.service_account
@@ -273,28 +203,27 @@ def job_failure_reason(job: Mapping[str, Any]) -> str:
 
 
 def pod_termination(pod: Mapping[str, Any]) -> tuple[int | None, str]:
-    """Exit code and termination message of the runner container, if it terminated."""
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") != RUNNER_CONTAINER:
-            continue
-        terminated = (status.get("state") or {}).get("terminated")
-        if terminated:
-            return terminated.get("exitCode"), str(terminated.get("message") or "")
+    """Exit code and termination message of the run's result, if the run ended.
+
+    The publisher's container holds it; when the run ended in the clone init container
+    (bad input, remote down, fenced at the start) that one does. The agent's container is
+    never read: the agent writes what it likes there.
+    """
+    status = pod.get("status") or {}
+    for key, name in (("containerStatuses", contract.RESULT_CONTAINER),
+                      ("initContainerStatuses", contract.RESULT_INIT_CONTAINER)):
+        for cs in status.get(key) or []:
+            if cs.get("name") != name:
+                continue
+            terminated = (cs.get("state") or {}).get("terminated")
+            if terminated and (key == "containerStatuses" or terminated.get("exitCode")):
+                return terminated.get("exitCode"), str(terminated.get("message") or "")
     return None, ""
 
 
 def parse_result(message: str) -> dict[str, Any]:
     """The runner's one-line JSON result; ``{}`` when the message is not one."""
-    for line in reversed(message.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(data, dict):
-                return data
-    return {}
+    return contract.parse_result(message)
 
 
 def pod_was_disrupted(pod: Mapping[str, Any]) -> str | None:

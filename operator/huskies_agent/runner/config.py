@@ -14,30 +14,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from huskies_agent import contract
 from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.model import branch_for, story_id_problem
 from huskies_agent.runner.result import ExitCode, RunnerError
 
-DEFAULT_WORKDIR = "/work"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-DEFAULT_SSH_KEY_FILE = "/var/run/secrets/huskies/git/ssh-privatekey"
-DEFAULT_KNOWN_HOSTS_FILE = "/var/run/secrets/huskies/git/known_hosts"
+DEFAULT_WORKDIR = contract.WORKDIR
+DEFAULT_TERMINATION_LOG = contract.TERMINATION_LOG
+DEFAULT_SSH_KEY_FILE = f"{contract.GIT_SECRET_DIR}/{contract.GIT_SSH_KEY_KEY}"
+DEFAULT_KNOWN_HOSTS_FILE = f"{contract.GIT_SECRET_DIR}/{contract.GIT_KNOWN_HOSTS_KEY}"
+#: The private state directory when HUSKIES_STATE_DIR is not set (all phases in one process).
+DEFAULT_STATE_SUBDIR = ".runner"
 DEFAULT_CLAUDE_BIN = "claude"
 DEFAULT_AGENT_TIMEOUT_SECONDS = 2 * 3600.0
 DEFAULT_GIT_TIMEOUT_SECONDS = 600.0
 DEFAULT_CLONE_DEPTH = 50
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 120.0
 DEFAULT_AUTHOR_NAME = "huskies-agent"
 DEFAULT_AUTHOR_EMAIL = "huskies-agent@users.noreply.localhost"
 
 #: option name -> env var (options win).
-OPTION_ENV: dict[str, str] = {
-    "story_id": "HUSKIES_STORY_ID",
-    "stage": "HUSKIES_STAGE",
-    "repo_url": "HUSKIES_REPO_URL",
-    "base_branch": "HUSKIES_BASE_BRANCH",
-    "epoch": "HUSKIES_EPOCH",
-    "node": "HUSKIES_NODE_ID",
-}
+OPTION_ENV: dict[str, str] = {dest: env for _flag, dest, env in contract.OPTIONS}
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _SCP_LIKE = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:(?!//)[^\s]+$")
@@ -54,6 +51,8 @@ class RunnerConfig:
     epoch: int
     node: str
     workdir: Path
+    #: Private to the git uid: credentials helper, the publisher's repository, its records.
+    state_dir: Path
     termination_log: str
     claude_bin: str
     model: str
@@ -63,15 +62,29 @@ class RunnerConfig:
     git_timeout_seconds: float
     clone_depth: int
     git_token: str
+    #: A file holding the token (the Secret volume); read by git's credential helper only.
+    git_token_file: str
     git_username: str
     ssh_key_file: str
     known_hosts_file: str
     author_name: str
     author_email: str
+    #: How often the work in progress is pushed (fenced) while the agent runs.
+    checkpoint_interval_seconds: float
+    #: The publisher takes the agent's container as gone after this long without a heartbeat.
+    heartbeat_timeout_seconds: float
 
     @property
     def branch(self) -> str:
         return branch_for(self.story_id)
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """Author and committer of the runner's commits, as git env vars."""
+        return {
+            "GIT_AUTHOR_NAME": self.author_name, "GIT_AUTHOR_EMAIL": self.author_email,
+            "GIT_COMMITTER_NAME": self.author_name, "GIT_COMMITTER_EMAIL": self.author_email,
+        }
 
     @property
     def role(self) -> str:
@@ -212,6 +225,9 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str] | None
     if not known_hosts and Path(DEFAULT_KNOWN_HOSTS_FILE).is_file():
         known_hosts = DEFAULT_KNOWN_HOSTS_FILE
 
+    workdir = Path(environ.get(contract.ENV_WORKDIR) or DEFAULT_WORKDIR)
+    state_dir = Path(environ.get(contract.ENV_STATE_DIR) or workdir / DEFAULT_STATE_SUBDIR)
+    checkpoint = _optional_float(environ, contract.ENV_CHECKPOINT_INTERVAL)
     return RunnerConfig(
         story_id=story_id,
         stage=stage,
@@ -219,8 +235,9 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str] | None
         base_branch=base_branch,
         epoch=epoch,
         node=node,
-        workdir=Path(environ.get("HUSKIES_WORKDIR") or DEFAULT_WORKDIR),
-        termination_log=environ.get("HUSKIES_TERMINATION_LOG", DEFAULT_TERMINATION_LOG),
+        workdir=workdir,
+        state_dir=state_dir,
+        termination_log=environ.get(contract.ENV_TERMINATION_LOG, DEFAULT_TERMINATION_LOG),
         claude_bin=environ.get("HUSKIES_CLAUDE_BIN") or DEFAULT_CLAUDE_BIN,
         model=environ.get("HUSKIES_MODEL", "").strip(),
         max_turns=max_turns,
@@ -228,12 +245,16 @@ def load_config(options: Mapping[str, object], environ: Mapping[str, str] | None
         agent_timeout_seconds=timeout,
         git_timeout_seconds=git_timeout,
         clone_depth=DEFAULT_CLONE_DEPTH if depth is None else depth,
-        git_token=environ.get("HUSKIES_GIT_TOKEN", "").strip(),
+        git_token=environ.get(contract.ENV_GIT_TOKEN, "").strip(),
+        git_token_file=environ.get(contract.ENV_GIT_TOKEN_FILE, "").strip(),
         git_username=environ.get("HUSKIES_GIT_USERNAME", "").strip() or "x-access-token",
         ssh_key_file=ssh_key,
         known_hosts_file=known_hosts,
         author_name=_one_line(environ.get("HUSKIES_GIT_AUTHOR_NAME", "")) or DEFAULT_AUTHOR_NAME,
         author_email=_one_line(environ.get("HUSKIES_GIT_AUTHOR_EMAIL", "")) or DEFAULT_AUTHOR_EMAIL,
+        checkpoint_interval_seconds=checkpoint or contract.DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
+        heartbeat_timeout_seconds=_optional_float(environ, contract.ENV_AGENT_HEARTBEAT_TIMEOUT)
+        or DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
     )
 
 

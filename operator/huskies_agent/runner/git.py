@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,14 @@ EPOCH_TRAILER = "Huskies-Claim-Epoch"
 #: Local ref that holds a fetched remote tip while the runner inspects it.
 INSPECT_REF = "refs/huskies/remote-tip"
 _STDERR_TAIL_CHARS = 800
+
+
+def _upload_pack(source: Path) -> str:
+    """The serving side of a local fetch, allowed to read ``source`` although another uid owns it.
+
+    (A local transport clears ``-c`` settings for the serving process, so they go on its command.)
+    """
+    return shlex.join(["git", "-c", f"safe.directory={source}", "upload-pack"])
 
 
 class PushStatus(enum.Enum):
@@ -110,12 +119,12 @@ class Git:
         self.checked(args, cwd=repo, code=ExitCode.REMOTE_FAILED, what=f"fetching branch {branch}")
         return self.rev_parse(repo, into)
 
-    def push_with_lease(self, repo: Path, branch: str, expected: str) -> PushOutcome:
-        """Push HEAD to ``branch`` only if the remote branch is at ``expected`` ("" = absent)."""
+    def push_with_lease(self, repo: Path, branch: str, expected: str, source: str = "HEAD") -> PushOutcome:
+        """Push ``source`` to ``branch`` only if the remote branch is at ``expected`` ("" = absent)."""
         ref = f"refs/heads/{branch}"
         done = self.run(
             ["push", "--porcelain", "--no-verify", f"--force-with-lease={ref}:{expected}",
-             "--", self.url, f"HEAD:{ref}"],
+             "--", self.url, f"{source}:{ref}"],
             cwd=repo,
         )
         if done.returncode == 0 and not done.timed_out:
@@ -127,6 +136,66 @@ class Git:
                 reason = rest.partition("\t")[2].strip() or rest.strip()
                 return PushOutcome(PushStatus.REJECTED, self.redactor.redact(reason))
         return PushOutcome(PushStatus.FAILED, self.describe(done))
+
+    # ------------------------------------------------------------------ local repositories
+    def init_bare(self, path: Path) -> None:
+        self.checked(["init", "-q", "--bare", str(path)], code=ExitCode.GIT_FAILED, what="creating a repository")
+
+    def fetch_local(self, repo: Path, source: Path, refspecs: Sequence[str]) -> None:
+        """Fetch ``refspecs`` from the local repository ``source`` (owned by another uid)."""
+        self.checked(
+            ["-c", "protocol.file.allow=always", "fetch", "-q", f"--upload-pack={_upload_pack(source)}",
+             "--no-tags", "--no-write-fetch-head", "--update-shallow", "--", f"file://{source}", *refspecs],
+            cwd=repo, code=ExitCode.GIT_FAILED, what="copying the checkout's history",
+        )
+
+    def clone_local(self, source: Path, dest: Path, *, branch: str) -> None:
+        """Clone ``branch`` of the local repository ``source`` (owned by another uid) into ``dest``."""
+        self.checked(
+            ["-c", "protocol.file.allow=always", "clone", "-q", f"--upload-pack={_upload_pack(source)}",
+             "--no-tags", "--no-local", "--branch", branch, "--", f"file://{source}", str(dest)],
+            code=ExitCode.GIT_FAILED, what=f"checking out {branch}",
+        )
+
+    def import_objects(self, repo: Path, objects: Path, tip: str, exclude: str) -> None:
+        """Copy the objects of ``tip`` (minus those of ``exclude``) from another repository's object store.
+
+        Only object files are read, by hash, through ``GIT_ALTERNATE_OBJECT_DIRECTORIES``:
+        no configuration, hook, attribute or filter of that repository is used.
+        """
+        env = {**self.env, "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects)}
+        done = self.checked(["cat-file", "-t", tip], cwd=repo, env=env, code=ExitCode.GIT_FAILED,
+                            what="reading the agent's snapshot")
+        if done.stdout.strip() != "commit":
+            raise RunnerError(ExitCode.GIT_FAILED, f"the agent's snapshot {tip[:12]} is not a commit")
+        self.checked(
+            ["pack-objects", "--revs", "-q", str(repo / "objects" / "pack" / "pack")],
+            cwd=repo, env=env, input_text=f"{tip}\n^{exclude}\n", code=ExitCode.GIT_FAILED,
+            what="copying the agent's work",
+        )
+        self.checked(["cat-file", "-e", f"{tip}^{{tree}}"], cwd=repo, code=ExitCode.GIT_FAILED,
+                     what="checking the copied work")
+
+    def commit_tree(self, repo: Path, tree: str, parents: Sequence[str], message: str,
+                    identity: Mapping[str, str]) -> str:
+        args = ["commit-tree", tree]
+        for parent in parents:
+            args += ["-p", parent]
+        done = self.checked(args, cwd=repo, input_text=message, env={**self.env, **identity},
+                            code=ExitCode.GIT_FAILED, what="committing")
+        return done.stdout.strip()
+
+    def is_ancestor(self, repo: Path, ancestor: str, rev: str) -> bool:
+        done = self.run(["merge-base", "--is-ancestor", ancestor, rev], cwd=repo)
+        return done.returncode == 0
+
+    def try_rev_parse(self, repo: Path, rev: str) -> str:
+        """``rev`` as a commit sha, ``""`` when it does not resolve."""
+        done = self.run(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=repo)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    def update_ref(self, repo: Path, ref: str, sha: str) -> None:
+        self.local(repo, ["update-ref", ref, sha], f"setting {ref}")
 
     # ------------------------------------------------------------------ local
     def rev_parse(self, repo: Path, rev: str) -> str:

@@ -1,6 +1,7 @@
 """The runner's result: exit codes and the one-line JSON termination message.
 
-Exit codes (also in ``docs/runner.md``; the operator maps them to pipeline outcomes):
+Exit codes (defined in :mod:`huskies_agent.contract`, also in ``docs/runner.md``; the
+operator maps them to pipeline outcomes):
 
 ====  ===============  ==================================================================
 code  name             meaning
@@ -17,7 +18,7 @@ code  name             meaning
 16    AGENT_FAILED     the agent exited non-zero, reported is_error, or could not start
 17    NO_CHANGES       a coder run (2_current) ended without changing anything
 18    GIT_FAILED       a local git step failed (checkout, commit, status)
-19    TERMINATED       the runner got SIGTERM/SIGINT (pod deleted); nothing was pushed
+19    TERMINATED       the runner got SIGTERM/SIGINT (pod deleted); work in progress is pushed
 ====  ===============  ==================================================================
 
 After an agent timeout or failure the runner still commits and pushes (fenced) what
@@ -38,35 +39,30 @@ which), or ``base_commit`` when it made none.
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import os
+import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from huskies_agent.contract import MAX_MESSAGE_BYTES, ExitCode
+
+__all__ = ["MAX_MESSAGE_BYTES", "ExitCode", "RunResult", "RunnerError", "Terminated", "write_termination_log"]
+
 log = logging.getLogger(__name__)
 
-#: Kubernetes keeps at most 4096 bytes of a termination message; stay clearly below.
-MAX_MESSAGE_BYTES = 4000
 _FIELD_CAP = 256
 _ERROR_CAP = 2000
 
 
-class ExitCode(enum.IntEnum):
-    OK = 0
-    INTERNAL = 1
-    INVALID_INPUT = 10
-    STORY_NOT_FOUND = 11
-    REMOTE_FAILED = 12
-    PUSH_REJECTED = 13
-    FENCED = 14
-    AGENT_TIMEOUT = 15
-    AGENT_FAILED = 16
-    NO_CHANGES = 17
-    GIT_FAILED = 18
-    TERMINATED = 19
+class Terminated(Exception):
+    """The runner was asked to stop (SIGTERM/SIGINT)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class RunnerError(Exception):
