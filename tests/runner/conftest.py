@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from real_cli import Sandbox, install_cli, sandbox
 from runner_helpers import STORY_ID, STORY_TEXT, GitDaemon, StoryRepo, make_story_repo
 
 
@@ -39,3 +40,19 @@ def make_repo(daemon: GitDaemon) -> Callable[..., StoryRepo]:
 @pytest.fixture
 def repo(make_repo: Callable[..., StoryRepo]) -> StoryRepo:
     return make_repo()
+
+
+@pytest.fixture(scope="session")
+def claude_cli() -> Path:
+    """The real Claude Code CLI, the version the Dockerfile pins (installed into ~/.cache once)."""
+    try:
+        return install_cli()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture
+def box(claude_cli: Path) -> Iterator[Sandbox]:
+    """A sandbox owned by the unprivileged test uid, holding the CLI."""
+    with sandbox(claude_cli) as made:
+        yield made

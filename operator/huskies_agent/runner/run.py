@@ -30,6 +30,7 @@ from huskies_agent.runner.prompt import PromptInputs, build_prompt
 from huskies_agent.runner.redact import Redactor, install_log_redaction, secret_env_values
 from huskies_agent.runner.result import ExitCode, RunnerError, RunResult, write_termination_log
 from huskies_agent.runner.story import find_story
+from huskies_agent.runner.verdict import verdict_of
 
 log = logging.getLogger("huskies_agent.runner")
 
@@ -243,11 +244,12 @@ def _execute(cfg: RunnerConfig, result: RunResult, environ: Mapping[str, str], r
     result.agent_exit_status = outcome.exit_status
     result.turns = outcome.turns
     result.cost_usd = outcome.cost_usd
-    failure = outcome.failure()
-    failure_code = ExitCode.AGENT_TIMEOUT if outcome.timed_out else ExitCode.AGENT_FAILED
+    verdict = verdict_of(outcome, cfg.max_budget_usd, cfg.max_turns)
+    failure, failure_code = verdict.reason, verdict.exit_code
     log.info(
-        "agent finished: status=%s timed_out=%s is_error=%s turns=%s cost_usd=%s",
-        outcome.exit_status, outcome.timed_out, outcome.is_error, outcome.turns, outcome.cost_usd,
+        "agent finished: %s status=%s timed_out=%s is_error=%s api_error_status=%s turns=%s cost_usd=%s",
+        verdict.end.value, outcome.exit_status, outcome.timed_out, outcome.is_error, outcome.api_error_status,
+        outcome.turns, outcome.cost_usd,
     )
     if outcome.started and not outcome.result_seen and not outcome.timed_out:
         log.warning("the agent printed no result event")
@@ -267,7 +269,7 @@ def _execute(cfg: RunnerConfig, result: RunResult, environ: Mapping[str, str], r
             result.exit_code = int(ExitCode.OK)
         return
 
-    word = "completed" if not failure else ("agent-timeout" if outcome.timed_out else "agent-failed")
+    word = verdict.outcome_word
     identity = {
         "GIT_AUTHOR_NAME": cfg.author_name, "GIT_AUTHOR_EMAIL": cfg.author_email,
         "GIT_COMMITTER_NAME": cfg.author_name, "GIT_COMMITTER_EMAIL": cfg.author_email,
