@@ -177,6 +177,7 @@ FULL_EXPECTED: dict[str, tuple[str, Any]] = {
     "advertiseAddress": ("advertise_address", "builders.eu-west-1.example.com"),
     "maxConcurrent": ("max_concurrent", 12),
     "maxRetries": ("max_retries", 5),
+    "dailyBudgetUsd": ("daily_budget_usd", 40.0),
     "claimTimeoutSeconds": ("claim_timeout_seconds", 900.0),
     "claimSettleSeconds": ("claim_settle_seconds", 0.5),
     "confirmTimeoutSeconds": ("confirm_timeout_seconds", 7.5),
