@@ -150,17 +150,25 @@ def _wait_for(path: Path, proc: subprocess.Popen[str] | None = None, timeout: fl
     raise AssertionError(f"{path} was never written")
 
 
-def test_timeout_kills_the_agent_and_everything_it_started(box: Sandbox, repo: StoryRepo) -> None:
+def test_timeout_kills_the_agent_and_everything_it_started(
+    box: Sandbox, repo: StoryRepo, tmp_path: Path,
+) -> None:
     tool, detached, blocking = _blocking_tool(box, "pids")
-    with ModelServer([tool, Reply([text("never reached")])]) as server:
-        run = run_real(box, server.url, story_id=STORY_ID, repo_url=repo.url,
+    script = [Reply([tool_use("Write", {"file_path": "partial.txt", "content": "started\n"})]), tool,
+              Reply([text("never reached")])]
+    with ModelServer(script) as server:
+        run = run_real(box, server.url, story_id=STORY_ID, repo_url=repo.url, epoch=3,
                        env={"HUSKIES_AGENT_TIMEOUT_SECONDS": "12"})
     assert run.returncode == 15, run.stderr[-3000:]
     assert "timeout" in str(run.result["error"])
+    assert run.result["agent_exit_status"] is not None and run.result["agent_exit_status"] != 0
     # The CLI ran the tool (both pids were written) and nothing it started survives the run.
     assert process_gone(int(detached.read_text())) and process_gone(int(blocking.read_text()))
-    assert run.result["pushed"] is False
-    assert list(remote_branches(repo.url)) == ["main"]
+    # What the agent had written was pushed, marked as a timeout, so a retry continues from it.
+    assert run.result["pushed"] is True
+    checkout = clone_branch(repo.url, BRANCH, tmp_path / "check")
+    assert (checkout / "partial.txt").read_text() == "started\n"
+    assert trailers(checkout)["Huskies-Outcome"] == "agent-timeout"
 
 
 def test_sigterm_stops_the_agent_and_everything_it_started(box: Sandbox, repo: StoryRepo) -> None:

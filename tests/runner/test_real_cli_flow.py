@@ -14,6 +14,10 @@ from runner_helpers import STORY_ID, STORY_TEXT, StoryRepo, clone_branch, git, r
 from tests.helpers.model_server import ModelServer, Reply, request_text, text, tool_use
 
 BRANCH = f"feature/story-{STORY_ID}"
+RESULT_KEYS = {
+    "story_id", "stage", "branch", "commit", "base_commit", "pushed", "exit_code", "error",
+    "agent_exit_status", "turns", "cost_usd", "epoch",
+}
 
 
 def _first_user_text(server: ModelServer) -> str:
@@ -47,7 +51,15 @@ def test_edit_and_commit(box: Sandbox, repo: StoryRepo, tmp_path: Path) -> None:
     assert server.unused_steps == 0
     assert run.returncode == 0, run.stderr[-3000:]
     result = run.result
+    assert set(result) >= RESULT_KEYS
     assert result["exit_code"] == 0 and result["error"] == "" and result["pushed"] is True
+    assert result["branch"] == BRANCH and result["base_commit"] == ""  # the branch did not exist
+    assert (result["story_id"], result["stage"], result["epoch"]) == (STORY_ID, "2_current", 7)
+    assert result["agent_exit_status"] == 0
+    # The termination message is the same line, and stdout's last line; the CLI's stream-json is above it.
+    assert run.termination.strip() == run.stdout.strip().splitlines()[-1]
+    assert len(run.termination.encode()) < 4096
+    assert {"system", "assistant", "user", "result"} <= {e.get("type") for e in agent_events(run)}
     # Turns and cost come from the CLI's own result event.
     final = [e for e in agent_events(run) if e.get("type") == "result"][-1]
     assert result["turns"] == final["num_turns"] == 4
@@ -57,16 +69,22 @@ def test_edit_and_commit(box: Sandbox, repo: StoryRepo, tmp_path: Path) -> None:
     checkout = clone_branch(repo.url, BRANCH, tmp_path / "check")
     assert (checkout / "widget.py").read_text() == "WIDGET = True\n"
     assert "- [x] the widget exists" in (checkout / story_file).read_text()
-    assert trailers(checkout)["Huskies-Outcome"] == "completed"
-    assert trailers(checkout)["Huskies-Claim-Epoch"] == "7"
+    assert trailers(checkout) == {
+        "Huskies-Story": STORY_ID, "Huskies-Stage": "2_current", "Huskies-Claim-Epoch": "7",
+        "Huskies-Node": "node-a", "Huskies-Outcome": "completed",
+    }
     assert git("rev-parse", "HEAD^", cwd=checkout).strip() == repo.main_sha
+    assert STORY_ID in git("show", "-s", "--format=%s", "HEAD", cwd=checkout)
+    assert remote_branches(repo.url)["main"] == repo.main_sha  # the base branch is untouched
     body = git("show", "-s", "--format=%b", "HEAD", cwd=checkout)
     assert "> Added widget.py and ticked the criterion." in body
     assert remote_branches(repo.url)[BRANCH] == result["commit"]
 
     # What reached the model: the runner's prompt as the first user message, the tools it may use.
     first = server.main_requests[0].body
+    # The CLI took the runner's flags: --model reached the API, --max-budget-usd its accounting.
     assert first["model"] == "claude-sonnet-4-5"
+    assert "/$2.5" in request_text(server.main_requests[1].body)
     assert first["stream"] is True
     assert {"Bash", "Edit", "Write", "Read"} <= {tool["name"] for tool in first["tools"]}
     prompt = _first_user_text(server)
@@ -111,11 +129,14 @@ def test_agent_commits_by_itself(box: Sandbox, repo: StoryRepo, tmp_path: Path) 
     # The agent's commit is kept; the runner adds an empty commit carrying the trailers on top.
     assert git("show", "-s", "--format=%s", "HEAD^", cwd=checkout).strip() == "Add the widget"
     assert git("diff", "--stat", "HEAD^", "HEAD", cwd=checkout).strip() == ""
+    assert git("rev-parse", "HEAD~2", cwd=checkout).strip() == repo.main_sha
     assert trailers(checkout)["Huskies-Outcome"] == "completed"
     assert (checkout / "widget.txt").read_text() == "a widget\n"
 
 
-def test_qa_run_resumes_the_branch_and_sees_its_history(box: Sandbox, repo: StoryRepo) -> None:
+def test_qa_and_merge_resume_the_branch_and_see_its_history(
+    box: Sandbox, repo: StoryRepo, tmp_path: Path,
+) -> None:
     coder = [
         Reply([tool_use("Write", {"file_path": "widget.txt", "content": "a widget\n"})]),
         Reply([text("Done.")]),
@@ -123,23 +144,48 @@ def test_qa_run_resumes_the_branch_and_sees_its_history(box: Sandbox, repo: Stor
     with ModelServer(coder) as server:
         first = run_real(box, server.url, story_id=STORY_ID, repo_url=repo.url, epoch=1)
     assert first.returncode == 0, first.stderr[-3000:]
+
+    # QA reads the branch's history, fixes a defect and approves: its fix is pushed on top.
     qa = [
         Reply([tool_use("Bash", {"command": "git log --format=%s origin/main..HEAD && cat widget.txt",
                                  "description": "what the branch changes"})]),
-        Reply([text("APPROVED")], expect_tool_result="huskies: coder work on story"),
+        Reply([tool_use("Bash", {"command": "echo 'a tested widget' > widget.txt",
+                                 "description": "fix the widget"})],
+              expect_tool_result="huskies: coder work on story"),
+        Reply([text("APPROVED after a small fix.")]),
     ]
     with ModelServer(qa) as server:
-        second = run_real(box, server.url, story_id=STORY_ID, stage="3_qa", repo_url=repo.url, epoch=2)
+        second = run_real(box, server.url, story_id=STORY_ID, stage="3_qa", repo_url=repo.url, epoch=2,
+                          node="node-b")
     assert server.problems == []
-    # QA that changes nothing is a valid outcome: exit 0, nothing pushed.
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.result["pushed"] is False
+    assert second.result["pushed"] is True
     assert second.result["base_commit"] == first.result["commit"]
     prompt = _first_user_text(server)
     assert "You are QA for this story." in prompt
     assert f"Branch: {BRANCH} (continuing the work already on it)" in prompt
     assert "git diff origin/main...HEAD" in prompt
     assert "story file found in .huskies/work/2_current, not in .huskies/work/3_qa" in prompt
-    # The tool result showed the model the branch's earlier work.
-    results = request_text(server.main_requests[1].body)
-    assert "a widget" in results
+    assert "a widget" in request_text(server.main_requests[1].body)  # the tool result showed the earlier work
+    checkout = clone_branch(repo.url, BRANCH, tmp_path / "check")
+    assert git("rev-parse", "HEAD^", cwd=checkout).strip() == first.result["commit"]
+    assert (checkout / "widget.txt").read_text() == "a tested widget\n"
+    assert trailers(checkout)["Huskies-Stage"] == "3_qa" and trailers(checkout)["Huskies-Claim-Epoch"] == "2"
+    assert trailers(checkout)["Huskies-Node"] == "node-b"
+
+    # The mergemaster sees the base branch with full history; finding nothing to do is fine.
+    merge = [
+        Reply([tool_use("Bash", {"command": "git rev-parse origin/main && git merge origin/main",
+                                 "description": "merge the base branch"})]),
+        Reply([text("Already up to date; ready to land.")], expect_tool_result=repo.main_sha),
+    ]
+    with ModelServer(merge) as server:
+        third = run_real(box, server.url, story_id=STORY_ID, stage="4_merge", repo_url=repo.url, epoch=3)
+    assert server.problems == []
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.result["pushed"] is False
+    assert third.result["commit"] == third.result["base_commit"] == second.result["commit"]
+    assert "You are the mergemaster for this story." in _first_user_text(server)
+    assert "Already up to date" in request_text(server.main_requests[1].body)
+    assert not (third.workdir / "repo" / ".git" / "shallow").exists()
+    assert remote_branches(repo.url)[BRANCH] == second.result["commit"]
