@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from real_cli import Sandbox, install_cli, sandbox
+from real_cli import Sandbox, install_cli, reachable_cli, sandbox
 from runner_helpers import STORY_ID, STORY_TEXT, GitDaemon, StoryRepo, make_story_repo
 
 
@@ -43,16 +43,18 @@ def repo(make_repo: Callable[..., StoryRepo]) -> StoryRepo:
 
 
 @pytest.fixture(scope="session")
-def claude_cli() -> Path:
-    """The real Claude Code CLI, the version the Dockerfile pins (installed into ~/.cache once)."""
+def claude_cli() -> Iterator[Path]:
+    """The real Claude Code CLI, the version the Dockerfile pins, where the test uid can run it."""
     try:
-        return install_cli()
+        installed = install_cli()
     except RuntimeError as exc:
         pytest.fail(str(exc))
+    with reachable_cli(installed) as path:
+        yield path
 
 
 @pytest.fixture
 def box(claude_cli: Path) -> Iterator[Sandbox]:
-    """A sandbox owned by the unprivileged test uid, holding the CLI."""
+    """A sandbox owned by the unprivileged test uid (when the tests run as root)."""
     with sandbox(claude_cli) as made:
         yield made

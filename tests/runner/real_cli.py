@@ -68,15 +68,27 @@ class Sandbox:
 
 
 @contextlib.contextmanager
-def sandbox(cli: Path) -> Iterator[Sandbox]:
-    root = Path(tempfile.mkdtemp(prefix="huskies-real-cli-"))
+def reachable_cli(cli: Path) -> Iterator[Path]:
+    """The CLI where the test uid can run it (the cache under /root is private): once per session."""
+    root = Path(tempfile.mkdtemp(prefix="huskies-claude-cli-"))
     root.chmod(0o755)
     try:
         claude = root / "claude"
         try:
-            os.link(cli, claude)  # /root is private; a hard link in the sandbox is cheap
+            os.link(cli, claude)  # cheap on the same filesystem
         except OSError:
             shutil.copy2(cli, claude)
+        claude.chmod(0o755)
+        yield claude
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sandbox(claude: Path) -> Iterator[Sandbox]:
+    root = Path(tempfile.mkdtemp(prefix="huskies-real-cli-"))
+    root.chmod(0o755)
+    try:
         box = Sandbox(root, claude)
         box.own(root)
         yield box
