@@ -16,6 +16,8 @@ a stream cut in the middle of an event, or a slow first token before a reply)::
     assert server.problems == []               # every expectation held, the script was used up
     server.main_requests[0]["body"]            # what the CLI sent, decoded
 
+Claude Code 2.1.332 with ``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`` sends nothing but
+``POST /v1/messages?beta=true``; without it, it first sends ``HEAD /api/hello`` (answered 200).
 Every request is recorded (:attr:`ModelServer.requests`), also the ones that are not
 part of the script. Requests that are not the agent's main loop (no ``tools`` in the
 body, e.g. a one-token quota probe or a title summary) get a short canned reply and do

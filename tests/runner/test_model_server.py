@@ -98,3 +98,13 @@ def test_cut_streams_and_bodies_end_mid_event() -> None:
         with pytest.raises(ValueError):
             json.loads(body)
     assert server.unused_steps == 0
+
+
+def test_connectivity_check_is_answered() -> None:
+    """Without CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC the CLI first sends HEAD /api/hello (recorded)."""
+    with ModelServer() as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+        conn.request("HEAD", "/api/hello")
+        assert conn.getresponse().status == 200
+        conn.close()
+    assert [(r.method, r.path) for r in server.requests] == [("HEAD", "/api/hello")]
