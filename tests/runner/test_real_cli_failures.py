@@ -109,10 +109,12 @@ def test_max_turns_reached(box: Sandbox, repo: StoryRepo, tmp_path: Path) -> Non
 
 
 def test_budget_reached(box: Sandbox, repo: StoryRepo, tmp_path: Path) -> None:
-    # A million input tokens cost more than the $0.50 budget: the CLI runs the tool it was given
-    # and then stops instead of asking the model again.
+    # The second reply reports a million input tokens, more than the $0.50 budget: the CLI asks the
+    # model nothing more. (Whether it still runs that turn's tool races with its budget check, so
+    # that tool is harmless; the first turn's file is the partial work.)
     script = [
-        Reply([tool_use("Write", {"file_path": "costly.txt", "content": "x\n"})], input_tokens=1_000_000),
+        Reply([tool_use("Write", {"file_path": "cheap.txt", "content": "x\n"})]),
+        Reply([tool_use("Bash", {"command": "true", "description": "nothing"})], input_tokens=1_000_000),
         Reply([text("never reached")]),
     ]
     with ModelServer(script) as server:
@@ -123,9 +125,10 @@ def test_budget_reached(box: Sandbox, repo: StoryRepo, tmp_path: Path) -> None:
     assert result["exit_code"] == 22
     assert "reached its budget" in str(result["error"]) and "of $0.5" in str(result["error"])
     assert isinstance(result["cost_usd"], float) and result["cost_usd"] > 0.5
-    assert len(server.main_requests) == 1
+    assert len(server.main_requests) == 2 and server.unused_steps == 1
     assert result["pushed"] is True
     checkout = clone_branch(repo.url, BRANCH, tmp_path / "check")
+    assert (checkout / "cheap.txt").read_text() == "x\n"
     assert trailers(checkout)["Huskies-Outcome"] == "agent-budget-reached"
 
 
@@ -158,7 +161,7 @@ def test_timeout_kills_the_agent_and_everything_it_started(
               Reply([text("never reached")])]
     with ModelServer(script) as server:
         run = run_real(box, server.url, story_id=STORY_ID, repo_url=repo.url, epoch=3,
-                       env={"HUSKIES_AGENT_TIMEOUT_SECONDS": "12"})
+                       env={"HUSKIES_AGENT_TIMEOUT_SECONDS": "15"})
     assert run.returncode == 15, run.stderr[-3000:]
     assert "timeout" in str(run.result["error"])
     assert run.result["agent_exit_status"] is not None and run.result["agent_exit_status"] != 0
