@@ -14,7 +14,6 @@ import pytest
 
 from huskies_agent.runner.agent import AgentOutcome, _apply_result
 from huskies_agent.runner.dispositions import TABLE, UNKNOWN, Action, NodeHold, disposition
-from huskies_agent.runner.reaper import descendants
 from huskies_agent.runner.redact import Redactor
 from huskies_agent.runner.result import ExitCode
 from huskies_agent.runner.verdict import AgentEnd, end_of, verdict_of
@@ -129,19 +128,3 @@ def test_docs_outcome_table_matches_the_code() -> None:
     documented = {int(code): (name, action) for code, name, action in rows}
     expected = {int(code): (code.name, TABLE[code].action.value) for code in ExitCode}
     assert documented == expected
-
-
-# ------------------------------------------------------------------ reaper (pure part)
-
-@pytest.mark.parametrize(
-    ("parents", "exclude", "expected"),
-    [
-        ({2: 1, 3: 2, 4: 3, 5: 1}, (), {2, 3, 4, 5}),
-        ({2: 1, 3: 2, 4: 3, 5: 1}, (2,), {5}),  # the runner's own child (e.g. a git daemon) and its tree
-        ({2: 1, 3: 9, 4: 3}, (), {2}),  # not below the root
-        ({2: 1, 3: 2, 2_000: 3}, (), {2, 3, 2_000}),
-        ({}, (), set()),
-    ],
-)
-def test_descendants(parents: dict[int, int], exclude: tuple[int, ...], expected: set[int]) -> None:
-    assert set(descendants(1, parents, exclude)) == expected
