@@ -64,6 +64,21 @@ def test_api_recovers_after_transient_failures(box: Sandbox, repo: StoryRepo) ->
     assert run.result["pushed"] is True
 
 
+def test_cut_streams_fall_back_to_a_non_streaming_request(box: Sandbox, repo: StoryRepo) -> None:
+    """After its retries of a cut stream the CLI asks once without streaming; a JSON answer saves the run."""
+    script: list[Step] = [
+        Fail(cut_after=3, times=2),
+        Reply([tool_use("Write", {"file_path": "fallback.txt", "content": "via json\n"})]),
+        Reply([text("Done.")], expect_tool_result="fallback.txt"),
+    ]
+    with ModelServer(script) as server:
+        run = run_real(box, server.url, story_id=STORY_ID, repo_url=repo.url)
+    assert server.problems == [] and server.unused_steps == 0
+    assert [r.body.get("stream") for r in server.main_requests][:3] == [True, True, False]
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.result["pushed"] is True
+
+
 def test_overload_after_an_edit_pushes_the_partial_work(box: Sandbox, repo: StoryRepo, tmp_path: Path) -> None:
     script: list[Step] = [
         Reply([tool_use("Write", {"file_path": "half.txt", "content": "half done\n"})]),
