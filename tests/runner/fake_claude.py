@@ -1,6 +1,12 @@
 #!/usr/bin/env python3
 """A scripted stand-in for the Claude Code CLI, for the story runner's tests.
 
+The runner's agent tests run the real CLI (tests/runner/test_real_cli_*.py). This stand-in
+remains only for what the real CLI cannot be made to do on cue: exit with a chosen status
+and no result event (a crash), report ``is_error`` with exit status 0, print or dump its
+environment (the secret-leak tests), and push a competing commit at a chosen moment (the
+fencing tests); and for git-side tests where the agent only has to leave an edit.
+
 It accepts the flags the runner passes (``-p``, ``--output-format stream-json``,
 ``--verbose``, ``--model``, ``--max-turns``, ``--max-budget-usd``,
 ``--permission-mode`` or ``--dangerously-skip-permissions``), reads the prompt from the
