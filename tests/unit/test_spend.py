@@ -127,3 +127,13 @@ def test_budget_defaults() -> None:
     settings.validate()
     assert settings.build.max_budget_usd == 10.0
     assert settings.daily_budget_usd == 0.0
+
+
+def test_the_default_per_run_budget_reaches_the_runner() -> None:
+    from huskies_agent.k8s import objects
+
+    settings = Settings(namespace="ns")
+    job = objects.build_job(settings, objects.RunSpec("42_x", "2_current", "node-a", 1), owner_uid="uid")
+    env = {item["name"]: item.get("value") for c in job["spec"]["template"]["spec"]["containers"]
+           for item in c.get("env", [])}
+    assert env["HUSKIES_MAX_BUDGET_USD"] == "10.0"
