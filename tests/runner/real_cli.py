@@ -66,6 +66,11 @@ class Sandbox:
         path.mkdir(mode=0o755)
         return self.own(path)
 
+    def own_tree(self, path: Path) -> Path:
+        for item in [path, *path.rglob("*")]:
+            self.own(item)
+        return path
+
 
 @contextlib.contextmanager
 def reachable_cli(cli: Path) -> Iterator[Path]:
@@ -96,10 +101,12 @@ def sandbox(claude: Path) -> Iterator[Sandbox]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def cli_env(box: Sandbox, model_url: str, extra: Mapping[str, str] | None = None) -> tuple[dict[str, str], Path]:
-    """The runner's environment for one run and its workdir (inside the sandbox)."""
+def cli_env(
+    box: Sandbox, model_url: str, extra: Mapping[str, str] | None = None, workdir: Path | None = None,
+) -> tuple[dict[str, str], Path]:
+    """The runner's environment for one run and its workdir (inside the sandbox unless given)."""
     box.runs += 1
-    workdir = box.new_dir(f"work{box.runs}")
+    workdir = workdir or box.new_dir(f"work{box.runs}")
     env = base_env(workdir)
     env.update({
         "HUSKIES_CLAUDE_BIN": str(box.claude),
@@ -134,9 +141,14 @@ def finish(done_stdout: str, done_stderr: str, returncode: int, env: Mapping[str
 def run_real(
     box: Sandbox, model_url: str, *, story_id: str, repo_url: str, stage: str = "2_current", epoch: int = 1,
     node: str = "node-a", env: Mapping[str, str] | None = None, timeout: float = 180,
+    workdir: Path | None = None, options: bool = True,
 ) -> RunnerRun:
-    full_env, workdir = cli_env(box, model_url, env)
+    """One ``run-story`` process; ``options=False`` passes the story id only (the rest from env)."""
+    full_env, workdir = cli_env(box, model_url, env, workdir)
     cmd = real_command(story_id=story_id, stage=stage, repo_url=repo_url, epoch=epoch, node=node)
+    if not options:
+        cmd = _as_user() + runner_command(story_id=story_id, stage=None, repo_url=None, base_branch=None,
+                                          epoch=None, node=None)
     done = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, check=False)
     return finish(done.stdout, done.stderr, done.returncode, full_env, workdir)

@@ -1,4 +1,9 @@
-"""Each way a story run can fail ends with its documented exit code and message."""
+"""Each way a story run can fail ends with its documented exit code and message.
+
+The agent failures the real CLI shows are in test_real_cli_failures.py; here fake_claude.py
+stands in only where no agent runs (bad inputs), or where the real CLI cannot be made to
+fail that way on cue (a crash with a chosen status and no result, is_error with exit 0).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from real_cli import Sandbox, run_real
 from runner_helpers import (
     STORY_ID,
     StoryRepo,
@@ -14,6 +20,7 @@ from runner_helpers import (
     remote_branches,
     run_runner,
 )
+from tests.helpers.model_server import ModelServer, Reply, text, tool_use
 
 BRANCH = f"feature/story-{STORY_ID}"
 
@@ -132,9 +139,11 @@ def test_agent_binary_missing(tmp_path: Path, repo: StoryRepo) -> None:
     assert run.result["agent_exit_status"] is None
 
 
-def test_push_rejected_by_a_hook(tmp_path: Path, repo: StoryRepo) -> None:
+def test_push_rejected_by_a_hook(box: Sandbox, repo: StoryRepo) -> None:
     install_hook(repo.bare, "pre-receive", 'print("branch protected by policy", file=sys.stderr)\nsys.exit(1)')
-    run = run_runner(tmp_path, story_id=STORY_ID, repo_url=repo.url)
-    assert run.returncode == 13, run.stderr
+    script = [Reply([tool_use("Write", {"file_path": "widget.txt", "content": "w\n"})]), Reply([text("Done.")])]
+    with ModelServer(script) as server:
+        run = run_real(box, server.url, story_id=STORY_ID, repo_url=repo.url)
+    assert run.returncode == 13, run.stderr[-3000:]
     _assert_failed(run.result, 13, "rejected", "pre-receive hook declined")
     assert BRANCH not in remote_branches(repo.url)
