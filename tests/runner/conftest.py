@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from real_cli import Sandbox, install_cli, reachable_cli, sandbox
+from real_cli import Sandbox, check_test_uid_can_run_the_runner, install_cli, reachable_cli, sandbox
 from runner_helpers import STORY_ID, STORY_TEXT, GitDaemon, StoryRepo, make_story_repo
 
 
@@ -47,6 +47,7 @@ def claude_cli() -> Iterator[Path]:
     """The real Claude Code CLI, the version the Dockerfile pins, where the test uid can run it."""
     try:
         installed = install_cli()
+        check_test_uid_can_run_the_runner()
     except RuntimeError as exc:
         pytest.fail(str(exc))
     with reachable_cli(installed) as path:

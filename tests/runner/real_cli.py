@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +41,15 @@ def install_cli() -> Path:
     if not path.is_file():
         raise RuntimeError(f"{INSTALL_SCRIPT.name} printed {path}, which is not a file")
     return path
+
+
+def check_test_uid_can_run_the_runner() -> None:
+    """The runner must import as the test uid (its Python and the package must be readable)."""
+    done = subprocess.run(_as_user() + [sys.executable, "-c", "import huskies_agent.runner.run"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"uid {TEST_UID} cannot run {sys.executable} -m huskies_agent (make the venv and the "
+                           f"checkout readable to it, or set HUSKIES_TEST_UID): {done.stderr.strip()[-500:]}")
 
 
 def _as_user() -> list[str]:
