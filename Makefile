@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testbin lint venv run devcluster
+.PHONY: test testbin claude-cli lint venv run devcluster
 
 # The venv is (re)installed when pyproject.toml changes.
 $(PY):
@@ -24,7 +24,11 @@ venv: $(STAMP)
 testbin:
 	bash tools/testbin/build.sh
 
-test: venv testbin lint
+# The Claude Code CLI pinned in the Dockerfile, from npm into ~/.cache (tests/runner runs it); cheap when cached.
+claude-cli:
+	bash tools/claude-cli/install.sh >/dev/null
+
+test: venv testbin claude-cli lint
 	$(VENV)/bin/pytest
 
 # ruff, mypy (strict) and the import contracts of pyproject.toml (docs/architecture.md).

@@ -32,6 +32,12 @@ class ExitCode(enum.IntEnum):
     NO_CHANGES = 17
     GIT_FAILED = 18
     TERMINATED = 19
+    #: The model API refused the key (401/403): not the story's failure.
+    AGENT_AUTH = 20
+    #: The model API stayed unavailable after the CLI's own retries: retry later, not counted.
+    AGENT_UNAVAILABLE = 21
+    #: The agent reached its budget (--max-budget-usd): counted like a failure.
+    AGENT_BUDGET = 22
 
 
 class Phase(enum.Enum):

@@ -57,7 +57,8 @@ class BuildPodSettings:
     #: Claude Code limits passed to the runner.
     model: str = ""
     max_turns: int = 200
-    max_budget_usd: float = 0.0
+    #: Spend cap of one run in USD (``--max-budget-usd``); must be > 0: there is no "unlimited".
+    max_budget_usd: float = 10.0
     agent_timeout_seconds: int = 2 * 3600
     #: Mark running pods so cluster-autoscaler/Karpenter do not evict them for consolidation.
     protect_from_consolidation: bool = True
@@ -90,6 +91,8 @@ class Settings:
     claim_timeout_seconds: float = 600.0
     max_concurrent: int = 4
     max_retries: int = 3
+    #: Spend of this node's finished runs per UTC day after which it stops claiming (0: no daily limit).
+    daily_budget_usd: float = 0.0
     resync_interval_seconds: float = 30.0
     #: How long to wait for the rendezvous to confirm a claim before giving up on it.
     confirm_timeout_seconds: float = 5.0
@@ -173,6 +176,13 @@ class Settings:
             raise SettingsError(lease_margin_error)
         if self.claim_settle_seconds < 0:
             raise SettingsError("claim_settle_seconds: must be 0 or more")
+        if not 0 < self.build.max_budget_usd < float("inf"):
+            raise SettingsError(
+                f"build.max_budget_usd: must be a positive number of USD per run, got {self.build.max_budget_usd} "
+                "(0 no longer means unlimited; set a high cap instead)"
+            )
+        if not 0 <= self.daily_budget_usd < float("inf"):
+            raise SettingsError(f"daily_budget_usd: must be 0 (no daily limit) or more, got {self.daily_budget_usd}")
         if self.build.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
             raise SettingsError(f"build.image_pull_policy: invalid {self.build.image_pull_policy!r}")
         if not self.build.image:

@@ -1,6 +1,13 @@
 #!/usr/bin/env python3
 """A scripted stand-in for the Claude Code CLI, for the story runner's tests.
 
+The runner's agent tests run the real CLI (tests/runner/test_real_cli_*.py). This stand-in
+remains only for what the real CLI cannot be made to do on cue: exit with a chosen status
+and no result event (a crash), report ``is_error`` with exit status 0, print or dump its
+environment (the secret-leak tests: the real CLI would print only what a scripted Bash
+command echoes, and the tests check the runner's redaction of every line, stderr included).
+The real CLI also cannot run when tests need no agent at all (input validation).
+
 It accepts the flags the runner passes (``-p``, ``--output-format stream-json``,
 ``--verbose``, ``--model``, ``--max-turns``, ``--max-budget-usd``,
 ``--permission-mode`` or ``--dangerously-skip-permissions``), reads the prompt from the
@@ -12,18 +19,13 @@ Env script:
   FAKE_CLAUDE_EDIT      1/0: write FAKE_CLAUDE_FILE before acting (default: 1 for edit/slow)
   FAKE_CLAUDE_FILE      file to append to, relative to cwd (default fake_claude_output.txt)
   FAKE_CLAUDE_CONTENT   text appended (default "edited by fake claude")
-  FAKE_CLAUDE_COMMIT    1: commit the edit itself (as an agent may)
   FAKE_CLAUDE_SLEEP     seconds to sleep in slow mode (default 1)
   FAKE_CLAUDE_EXIT      exit status for crash/error modes (default 3 / 1)
   FAKE_CLAUDE_TURNS, FAKE_CLAUDE_COST   values of the result event (3, 0.0123)
   FAKE_CLAUDE_RESULT    the result text (final message)
   FAKE_CLAUDE_PRINT_ENV comma-separated env var names whose values it prints (leak test)
   FAKE_CLAUDE_ENV_DUMP  path: write the environment it received as JSON
-  FAKE_CLAUDE_ARGS_DUMP path: write {"argv": [...], "prompt": "..."} as JSON
   FAKE_CLAUDE_CHILD_PIDFILE  path: in hang mode, start a sleeping child and write its pid
-  FAKE_CLAUDE_COMPETE_URL, _BRANCH, _BASE, _EPOCH   push a competing commit carrying
-                        "Huskies-Claim-Epoch: <EPOCH>" to BRANCH (from BASE if missing)
-                        before finishing, as another claimant would
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -68,28 +69,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def git(*args: str, cwd: str | Path) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=True)
-    return done.stdout
-
-
-def compete(url: str, branch: str, base: str, epoch: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        exists = bool(git("ls-remote", "--heads", url, f"refs/heads/{branch}", cwd=tmp).strip())
-        clone = Path(tmp) / "c"
-        git("clone", "-q", "--branch", branch if exists else base, url, str(clone), cwd=tmp)
-        if not exists:
-            git("checkout", "-q", "-b", branch, cwd=clone)
-        (clone / "competing.txt").write_text(f"pushed by a claimant with epoch {epoch}\n")
-        git("add", "-A", cwd=clone)
-        # An empty epoch stands for a push by a person or tool that writes no trailers.
-        trailers = f"\n\nHuskies-Story: x\nHuskies-Claim-Epoch: {epoch}\nHuskies-Node: other-node" if epoch else ""
-        message = "competing work" + trailers + "\n"
-        git("-c", "user.name=other", "-c", "user.email=other@example.invalid",
-            "commit", "-q", "-m", message, cwd=clone)
-        git("push", "-q", "--force", url, f"HEAD:refs/heads/{branch}", cwd=clone)
-
-
 def main() -> int:
     args = parse_args(sys.argv[1:])
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
@@ -98,8 +77,6 @@ def main() -> int:
     cwd = Path.cwd()
     if env.get("FAKE_CLAUDE_ENV_DUMP"):
         Path(env["FAKE_CLAUDE_ENV_DUMP"]).write_text(json.dumps(dict(env)))
-    if env.get("FAKE_CLAUDE_ARGS_DUMP"):
-        Path(env["FAKE_CLAUDE_ARGS_DUMP"]).write_text(json.dumps({"argv": sys.argv[1:], "prompt": prompt}))
 
     emit({"type": "system", "subtype": "init", "cwd": str(cwd), "session_id": SESSION,
           "model": args.model or "fake-model", "permissionMode": args.permission_mode or "bypassPermissions",
@@ -118,13 +95,6 @@ def main() -> int:
         emit({"type": "assistant", "session_id": SESSION,
               "message": {"role": "assistant", "content": [{"type": "tool_use", "name": "Edit",
                                                              "input": {"file_path": str(target)}}]}})
-        if env.get("FAKE_CLAUDE_COMMIT") == "1":
-            git("add", "-A", cwd=cwd)
-            git("commit", "-q", "-m", "agent's own commit", cwd=cwd)
-
-    if env.get("FAKE_CLAUDE_COMPETE_URL"):
-        compete(env["FAKE_CLAUDE_COMPETE_URL"], env["FAKE_CLAUDE_COMPETE_BRANCH"],
-                env.get("FAKE_CLAUDE_COMPETE_BASE", "main"), env.get("FAKE_CLAUDE_COMPETE_EPOCH", ""))
 
     if mode == "hang":
         if env.get("FAKE_CLAUDE_CHILD_PIDFILE"):

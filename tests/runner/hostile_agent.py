@@ -139,7 +139,7 @@ def plant_traps(checkout: Path) -> None:
 
 
 def lurk(workspace: Path, seconds: float) -> None:
-    """Outlive the agent; keep trying to read the publisher's environment and redirect its reads."""
+    """Try to outlive the agent; keep reading the publisher's environment and redirecting its reads."""
     deadline = time.monotonic() + seconds
     seen: dict[str, str] = {}
     target = SECRET_PATHS[0] if SECRET_PATHS else f"{POD_SECRET_DIR}/token"
@@ -156,8 +156,9 @@ def lurk(workspace: Path, seconds: float) -> None:
                     record_path.symlink_to(target)
             except OSError:
                 pass
+        # Keep the evidence current: the runner's reaper kills detached processes when the agent ends.
+        record("lurker", seen)
         time.sleep(0.05)
-    record("lurker", seen)
 
 
 def main() -> int:

@@ -158,6 +158,7 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
   "presence_interval_seconds" .Values.presenceIntervalSeconds
   "claim_timeout_seconds" .Values.claimTimeoutSeconds
   "max_concurrent" .Values.maxConcurrent
+  "daily_budget_usd" .Values.dailyBudgetUsd
   "max_retries" .Values.maxRetries
   "resync_interval_seconds" .Values.resyncIntervalSeconds
   "confirm_timeout_seconds" .Values.confirmTimeoutSeconds

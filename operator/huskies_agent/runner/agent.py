@@ -4,7 +4,8 @@ The command is ``claude -p --output-format stream-json --verbose --permission-mo
 bypassPermissions [--model M] [--max-turns N] [--max-budget-usd B]``; the prompt goes
 on stdin (no argument-length limit, not visible in ``ps``). The agent gets its own
 process group: on timeout (or when the runner is told to stop) the whole group is
-killed, and whatever is left in it after the agent exits is killed too. Each output
+killed, and whatever is left in it after the agent exits is killed too, as is every
+process the agent detached into a session of its own (see :mod:`.reaper`). Each output
 line is redacted and copied to the runner's stdout (the pod log); the last
 ``{"type": "result", ...}`` line gives turns, cost and ``is_error``.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from huskies_agent.runner.proc import kill_group
+from huskies_agent.runner.reaper import become_subreaper, children_now, kill_descendants
 from huskies_agent.runner.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,14 @@ class AgentOutcome:
     #: The agent's final message (``result`` field), redacted.
     summary: str = ""
     duration_seconds: float = 0.0
+    #: The HTTP status of the Messages API error the agent gave up on (``api_error_status``).
+    api_error_status: int | None = None
+    #: Why the CLI's loop ended (``terminal_reason``: completed, api_error, max_turns, ...).
+    terminal_reason: str = ""
+    #: The CLI's own error texts (``errors``), redacted, e.g. "Reached maximum budget ($5)".
+    errors: tuple[str, ...] = ()
+    #: Processes the agent left behind (e.g. in their own session) that the runner killed.
+    leftovers_killed: int = 0
 
     @property
     def succeeded(self) -> bool:
@@ -141,6 +151,10 @@ def run_agent(
     outcome = AgentOutcome()
     sink = sink if sink is not None else sys.stdout
     started = time.monotonic()
+    # Tool commands run in sessions of their own; as a subreaper the runner inherits them if orphaned.
+    if not become_subreaper():
+        log.warning("could not become a child subreaper; processes the agent detaches may outlive it")
+    before = children_now()
     try:
         proc = subprocess.Popen(
             list(command),
@@ -178,6 +192,7 @@ def run_agent(
         # Background processes the agent left in its group must not outlive it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        outcome.leftovers_killed = kill_descendants(exclude=before)
         reader.thread.join(_READER_JOIN_SECONDS)
         if reader.thread.is_alive():
             log.warning("the agent's output stays open after it exited; no longer copying it")
@@ -203,6 +218,12 @@ def _apply_result(outcome: AgentOutcome, event: dict[str, Any] | None, redactor:
     turns = _number(event.get("num_turns"))
     outcome.turns = int(turns) if turns is not None else None
     outcome.cost_usd = _number(event.get("total_cost_usd"))
+    status = _number(event.get("api_error_status"))
+    outcome.api_error_status = int(status) if status is not None else None
+    outcome.terminal_reason = str(event.get("terminal_reason") or "")[:100]
+    errors = event.get("errors")
+    if isinstance(errors, list):
+        outcome.errors = tuple(redactor.redact(str(e))[:300] for e in errors[:5])
     summary = event.get("result")
     if isinstance(summary, str):
         outcome.summary = redactor.redact(summary)

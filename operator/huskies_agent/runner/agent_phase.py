@@ -37,6 +37,7 @@ from huskies_agent.runner.prompt import PromptInputs, build_prompt
 from huskies_agent.runner.redact import Redactor
 from huskies_agent.runner.result import ExitCode, RunnerError, Terminated
 from huskies_agent.runner.story import find_story
+from huskies_agent.runner.verdict import verdict_of
 
 log = logging.getLogger("huskies_agent.runner")
 
@@ -189,17 +190,19 @@ def run_agent_phase(cfg: RunnerConfig, ws: Workspace, environ: Mapping[str, str]
         except Terminated as exc:  # a stop signal: the agent was killed; save what it left
             terminated = exc
         ticker.agent_running.clear()
+    verdict = verdict_of(outcome, cfg.max_budget_usd, cfg.max_turns)
     log.info(
-        "agent finished: status=%s timed_out=%s is_error=%s turns=%s cost_usd=%s",
-        outcome.exit_status, outcome.timed_out, outcome.is_error, outcome.turns, outcome.cost_usd,
+        "agent finished: %s status=%s timed_out=%s is_error=%s api_error_status=%s turns=%s cost_usd=%s",
+        verdict.end.value, outcome.exit_status, outcome.timed_out, outcome.is_error, outcome.api_error_status,
+        outcome.turns, outcome.cost_usd,
     )
-    failure = outcome.failure()
+    failure = verdict.reason
     report = AgentReport(
         started=outcome.started or terminated is not None, exit_status=outcome.exit_status,
         timed_out=outcome.timed_out, terminated=terminated is not None,
         failure=failure if terminated is None else f"stopped by {terminated}",
-        failure_code=int(_failure_code_of(outcome)) if failure else 0,
-        outcome=("agent-timeout" if outcome.timed_out else "agent-failed") if failure else "completed",
+        failure_code=int(verdict.exit_code) if failure else 0,
+        outcome=verdict.outcome_word,
         turns=outcome.turns, cost_usd=outcome.cost_usd, summary=outcome.summary,
     )
     if not (checkout / ".git").is_dir():
@@ -210,10 +213,6 @@ def run_agent_phase(cfg: RunnerConfig, ws: Workspace, environ: Mapping[str, str]
     except RunnerError as exc:
         return _with_error(report, exc.code, f"the agent's work could not be collected: {exc.message}")
     return AgentReport(**{**report.__dict__, "snapshot": sha})
-
-
-def _failure_code_of(outcome: AgentOutcome) -> ExitCode:
-    return ExitCode.AGENT_TIMEOUT if outcome.timed_out else ExitCode.AGENT_FAILED
 
 
 def _failure_code(report: AgentReport) -> ExitCode:

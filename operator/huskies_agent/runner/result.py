@@ -19,6 +19,10 @@ code  name             meaning
 17    NO_CHANGES       a coder run (2_current) ended without changing anything
 18    GIT_FAILED       a local git step failed (checkout, commit, status)
 19    TERMINATED       the runner got SIGTERM/SIGINT (pod deleted); work in progress is pushed
+20    AGENT_AUTH       the model API refused the key (401/403): not the story's failure
+21    AGENT_UNAVAILABLE the model API stayed unavailable (429, 529, 5xx, cut streams) after
+                     the CLI's own retries: retry later, not the story's failure
+22    AGENT_BUDGET     the agent reached --max-budget-usd; counted like a failure
 ====  ===============  ==================================================================
 
 After an agent timeout or failure the runner still commits and pushes (fenced) what
