@@ -75,7 +75,7 @@ def test_storyjob_roundtrip_hostile_id():
 def test_status_readers():
     job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
     assert objects.job_condition(job) == "Failed"
-    assert objects.job_failure_reason(job).startswith("BackoffLimitExceeded")
+    assert objects.job_failure(job) == ("BackoffLimitExceeded", "")
     pod = {"status": {"containerStatuses": [{"name": "runner", "state": {"terminated": {
         "exitCode": 0, "message": 'log line\n{"commit": "abc", "pushed": true}'}}}]}}
     code, msg = objects.pod_termination(pod)

@@ -265,11 +265,12 @@ def job_condition(job: Mapping[str, Any]) -> str | None:
     return None
 
 
-def job_failure_reason(job: Mapping[str, Any]) -> str:
+def job_failure(job: Mapping[str, Any]) -> tuple[str, str]:
+    """Reason (``DeadlineExceeded``, ``BackoffLimitExceeded``...) and message of a failed Job."""
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Failed" and cond.get("status") == "True":
-            return str(cond.get("reason") or "Failed") + (f": {cond['message']}" if cond.get("message") else "")
-    return "Failed"
+            return str(cond.get("reason") or "Failed"), str(cond.get("message") or "")
+    return "Failed", ""
 
 
 def pod_termination(pod: Mapping[str, Any]) -> tuple[int | None, str]:

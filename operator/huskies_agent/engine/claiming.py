@@ -1,0 +1,115 @@
+"""Claiming: which changed stories to stop, resume or claim, and the claim writes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from huskies_agent import claims
+from huskies_agent.engine import lifecycle
+from huskies_agent.engine.context import Context
+from huskies_agent.engine.outcomes import ClaimLost, decide
+from huskies_agent.k8s import objects
+from huskies_agent.pipeline import stages
+from huskies_agent.pipeline.model import Story
+
+log = logging.getLogger("huskies_agent.engine")
+
+
+def reconcile(ctx: Context, story_ids: Iterable[str]) -> None:
+    """React to changed stories: stop lost runs, resume our own claims, claim new work."""
+    table = ctx.table
+    stories = ctx.doc.stories
+    candidates: list[Story] = []
+    for sid in story_ids:
+        story = stories.get(sid)
+        run = table.get(sid)
+        if run is not None:
+            own = claims.check_ownership(story, me=ctx.me, epoch=run.spec.epoch, stage=run.spec.stage)
+            if not own.keep and not run.ending:
+                over = story is None or story.stage in stages.FINISHED_STAGES
+                # Still ours but moved or finished by someone else: free the claim as well.
+                ours = story is not None and story.claimed_by == ctx.me and story.epoch == run.spec.epoch
+                outcome = decide(ClaimLost(own.reason, story_over=over, still_ours=ours))
+                ctx.spawn(lifecycle.end_run(ctx, run, outcome, seen=ctx.mono()), f"stop:{sid}")
+            continue
+        if story is None or sid in table.claiming:
+            continue
+        if story.claimed_by == ctx.me and stages.is_active(story.stage) and not story.blocked:
+            # Our claim without a run (restart between claim and Job, or a takeover
+            # written by this node earlier): run it at that epoch.
+            if ctx.free > 0:
+                table.claiming.add(sid)
+                ctx.spawn(_resume_claim(ctx, story), f"resume:{sid}")
+            continue
+        candidates.append(story)
+    if candidates:
+        _claim_candidates(ctx, candidates)
+
+
+def _claim_candidates(ctx: Context, candidates: list[Story]) -> None:
+    table = ctx.table
+    chosen = claims.choose_claims(
+        candidates, me=ctx.me, stories=ctx.doc.stories, nodes=ctx.doc.nodes, now=ctx.clock(),
+        claim_timeout=ctx.settings.claim_timeout_seconds, busy=table.busy,
+        max_concurrent=ctx.settings.max_concurrent, cooling=table.cooling(ctx.mono()),
+    )
+    ids = {s.story_id for s in chosen}
+    # Remember stories passed over for lack of room, to look at again when room frees up.
+    ctx.waiting.update(s.story_id for s in candidates
+                       if s.story_id not in ids and stages.is_active(s.stage) and not s.blocked)
+    if chosen:
+        table.claiming.update(ids)
+        ctx.spawn(_claim_batch(ctx, chosen, ctx.mono()), f"claim:{len(ids)}")
+
+
+async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
+    ids = [s.story_id for s in chosen]
+    try:
+        # The decision was made a loop turn ago: updates applied since (a live node's
+        # fresh claim, a removal) must win. No await between this check and the write.
+        now = ctx.clock()
+        chosen = [
+            current for s in chosen
+            if (current := ctx.doc.story(s.story_id)) is not None
+            and claims.decide(current, me=ctx.me, stories=ctx.doc.stories, nodes=ctx.doc.nodes, now=now,
+                              claim_timeout=ctx.settings.claim_timeout_seconds).wants_claim
+        ]
+        if not chosen:
+            return
+        for s in chosen:
+            if s.claimed_by:
+                log.info("taking over story %s from dead node %s", s.story_id, s.claimed_by)
+                ctx.metrics.claims.labels("taken_over").inc()
+        written = ctx.doc.claim_many([s.story_id for s in chosen], ctx.me, now)
+        if not await ctx.sync.confirm(ctx.settings.confirm_timeout_seconds):
+            log.warning("rendezvous did not confirm claims of %d stories; releasing them", len(ids))
+            ctx.metrics.claims.labels("unconfirmed").inc(len(written))
+            for sid in written:
+                ctx.doc.release(sid, ctx.me, ctx.clock())
+            return
+        if ctx.settings.claim_settle_seconds:
+            await asyncio.sleep(ctx.settings.claim_settle_seconds)
+        starts = []
+        for sid, claim in written.items():
+            story = ctx.doc.story(sid)
+            stage = story.stage if story else ""
+            own = claims.check_ownership(story, me=ctx.me, epoch=claim.epoch, stage=stage)
+            if not own.keep:
+                log.info("claim on %s lost before start: %s", sid, own.reason)
+                ctx.metrics.claims.labels("lost").inc()
+                continue
+            ctx.metrics.claims.labels("won").inc()
+            starts.append(objects.RunSpec(sid, stage, ctx.me, claim.epoch))
+        await asyncio.gather(*(lifecycle.start_run(ctx, spec, seen) for spec in starts))
+    finally:
+        ctx.table.claiming.difference_update(ids)
+    ctx.capacity_changed()
+
+
+async def _resume_claim(ctx: Context, story: Story) -> None:
+    try:
+        await lifecycle.start_run(ctx, objects.RunSpec(story.story_id, story.stage, ctx.me, story.epoch), ctx.mono())
+    finally:
+        ctx.table.claiming.discard(story.story_id)

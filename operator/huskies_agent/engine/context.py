@@ -1,0 +1,75 @@
+"""What every part of the engine shares: its dependencies, the run table and the
+hooks that schedule work (spawned tasks, the dirty set that wakes the dispatcher)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from huskies_agent.engine.ports import KubeApi, Monotonic, Replicator, WallClock
+from huskies_agent.engine.runs import RunTable
+from huskies_agent.k8s import objects
+from huskies_agent.metrics import Metrics
+from huskies_agent.pipeline.document import PipelineDoc
+from huskies_agent.settings import Settings
+
+log = logging.getLogger("huskies_agent.engine")
+
+
+@dataclass
+class Context:
+    settings: Settings
+    kube: KubeApi
+    doc: PipelineDoc
+    sync: Replicator
+    me: str
+    metrics: Metrics
+    #: Wall clock: only for values written into the document and StoryJob timestamps.
+    clock: WallClock = time.time
+    #: Monotonic clock: every timeout, cooldown and latency.
+    mono: Monotonic = time.monotonic
+    table: RunTable = field(default_factory=RunTable)
+    #: Stories to look at on the next dispatch, and stories that waited for room.
+    dirty: set[str] = field(default_factory=set)
+    waiting: set[str] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Creating Jobs is the latency that matters; status patches and Events queue behind it.
+    create_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
+    followup_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
+
+    @property
+    def selector(self) -> str:
+        return objects.selector_for_instance(self.settings)
+
+    @property
+    def free(self) -> int:
+        return max(0, self.settings.max_concurrent - self.table.busy)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    def cancel_tasks(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    def mark_dirty(self, story_ids: Iterable[str]) -> None:
+        self.dirty.update(story_ids)
+        self.wake.set()
+
+    def capacity_changed(self) -> None:
+        """Capacity freed or claims settled: look again at the stories that had to wait."""
+        if self.table.busy < self.settings.max_concurrent and self.waiting:
+            self.mark_dirty(self.waiting)
+            self.waiting.clear()
