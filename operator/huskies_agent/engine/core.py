@@ -72,6 +72,11 @@ class Engine:
 
     async def run(self) -> None:
         """Start (after this replica became leader) and run until cancelled."""
+        await self.start()
+        await self.serve()
+
+    async def start(self) -> None:
+        """First sync with the rendezvous, adoption of what survived, then react to changes."""
         ctx = self.ctx
         self.write_presence()
         log.info("waiting for the first sync with the rendezvous")
@@ -89,6 +94,10 @@ class Engine:
         self.activated.set()
         ctx.mark_dirty(ctx.doc.stories)
         log.info("engine active: node %s, %d stories in the pipeline", self.me, len(ctx.doc.stories))
+
+    async def serve(self) -> None:
+        """The dispatch, resync and presence loops, until cancelled."""
+        ctx = self.ctx
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._dispatch_loop(), name="dispatch")
