@@ -7,12 +7,13 @@ import logging
 from collections.abc import Iterable
 
 from huskies_agent import claims
+from huskies_agent.backoff import Backoff
 from huskies_agent.engine import lifecycle
 from huskies_agent.engine.context import Context
 from huskies_agent.engine.outcomes import ClaimLost, decide
 from huskies_agent.k8s import objects
 from huskies_agent.pipeline import stages
-from huskies_agent.pipeline.model import Story
+from huskies_agent.pipeline.model import Claim, Story
 
 log = logging.getLogger("huskies_agent.engine")
 
@@ -34,7 +35,7 @@ def reconcile(ctx: Context, story_ids: Iterable[str]) -> None:
                 outcome = decide(ClaimLost(own.reason, story_over=over, still_ours=ours))
                 ctx.spawn(lifecycle.end_run(ctx, run, outcome, seen=ctx.mono()), f"stop:{sid}")
             continue
-        if story is None or sid in table.claiming:
+        if story is None or table.occupied(sid):
             continue
         if story.claimed_by == ctx.me and stages.is_active(story.stage) and not story.blocked:
             # Our claim without a run (restart between claim and Job, or a takeover
@@ -50,6 +51,9 @@ def reconcile(ctx: Context, story_ids: Iterable[str]) -> None:
 
 def _claim_candidates(ctx: Context, candidates: list[Story]) -> None:
     table = ctx.table
+    if not ctx.link_ready():
+        # I4: no claim writes while cut off; the link coming back re-checks every story.
+        return
     chosen = claims.choose_claims(
         candidates, me=ctx.me, stories=ctx.doc.stories, nodes=ctx.doc.nodes, now=ctx.clock(),
         claim_timeout=ctx.settings.claim_timeout_seconds, busy=table.busy,
@@ -83,11 +87,8 @@ async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
                 log.info("taking over story %s from dead node %s", s.story_id, s.claimed_by)
                 ctx.metrics.claims.labels("taken_over").inc()
         written = ctx.doc.claim_many([s.story_id for s in chosen], ctx.me, now)
-        if not await ctx.sync.confirm(ctx.settings.confirm_timeout_seconds):
-            log.warning("rendezvous did not confirm claims of %d stories; releasing them", len(ids))
-            ctx.metrics.claims.labels("unconfirmed").inc(len(written))
-            for sid in written:
-                ctx.doc.release(sid, ctx.me, ctx.clock())
+        written = await _confirmed(ctx, written)
+        if not written:
             return
         if ctx.settings.claim_settle_seconds:
             await asyncio.sleep(ctx.settings.claim_settle_seconds)
@@ -106,6 +107,31 @@ async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
     finally:
         ctx.table.claiming.difference_update(ids)
     ctx.capacity_changed()
+
+
+async def _confirmed(ctx: Context, written: dict[str, Claim]) -> dict[str, Claim]:
+    """Wait until the rendezvous confirms the claims; the ones still winning then.
+
+    An unconfirmed claim is not released (a release is one more write that cannot be
+    confirmed either, and releasing and re-claiming would loop): it stays, and is
+    confirmed again with backoff until it is, or until it is no longer the winner.
+    """
+    backoff = Backoff(minimum=max(0.1, ctx.settings.confirm_timeout_seconds), maximum=30.0)
+    while written and not await ctx.sync.confirm(ctx.settings.confirm_timeout_seconds):
+        ctx.metrics.claims.labels("unconfirmed").inc(len(written))
+        delay = backoff.next_delay()
+        log.warning("rendezvous did not confirm claims of %d stories; confirming again in %.1fs",
+                    len(written), delay)
+        await ctx.sleep(delay)
+        await ctx.wait_link()
+        written = {sid: claim for sid, claim in written.items() if _still_ours(ctx, sid, claim)}
+    return written
+
+
+def _still_ours(ctx: Context, sid: str, claim: Claim) -> bool:
+    story = ctx.doc.story(sid)
+    return story is not None and claims.check_ownership(
+        story, me=ctx.me, epoch=claim.epoch, stage=story.stage).keep
 
 
 async def _resume_claim(ctx: Context, story: Story) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,12 @@ class Context:
     clock: WallClock = time.time
     #: Monotonic clock: every timeout, cooldown and latency.
     mono: Monotonic = time.monotonic
+    #: How the engine waits between retries (tests pass one that moves the fake clock).
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     table: RunTable = field(default_factory=RunTable)
+    #: Set while the rendezvous link is connected and synced: the only time the
+    #: engine writes claims and outcomes (invariant I4 of docs/claims.md).
+    link: asyncio.Event = field(default_factory=asyncio.Event)
     #: Stories to look at on the next dispatch, and stories that waited for room.
     dirty: set[str] = field(default_factory=set)
     waiting: set[str] = field(default_factory=set)
@@ -44,7 +49,16 @@ class Context:
 
     @property
     def selector(self) -> str:
-        return objects.selector_for_instance(self.settings)
+        return objects.selector_for_node(self.settings, self.me)
+
+    def link_ready(self) -> bool:
+        return self.sync.connected and self.sync.synced
+
+    async def wait_link(self) -> None:
+        """Return once connected and synced (at once when already)."""
+        while not self.link_ready():
+            self.link.clear()
+            await self.link.wait()
 
     @property
     def free(self) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from huskies_agent.backoff import Backoff
@@ -43,12 +43,15 @@ class Engine:
         *,
         clock: WallClock = time.time,
         monotonic: Monotonic = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.ctx = Context(settings, kube, doc, sync, node_id, metrics, clock=clock, mono=monotonic)
+        self.ctx = Context(settings, kube, doc, sync, node_id, metrics, clock=clock, mono=monotonic, sleep=sleep)
         self.active = False
         #: Set once adoption is done and the engine reacts to changes.
         self.activated = asyncio.Event()
+        self._disconnected = asyncio.Event()
         self._remove_listener = doc.add_listener(self._on_changes)
+        self._remove_state = sync.on_state(self._on_link_state)
 
     # ------------------------------------------------------------------ views
     @property
@@ -70,6 +73,33 @@ class Engine:
             return
         self.ctx.mark_dirty(changes.stories)
 
+    def _on_link_state(self, connected: bool) -> None:
+        """The rendezvous connection opened or ended (a sync callback: no awaits here)."""
+        if connected:
+            self._link_synced()
+        else:
+            self.ctx.link.clear()
+            self.ctx.metrics.synced.set(0)
+            self._disconnected.set()
+
+    def _link_synced(self) -> None:
+        ctx = self.ctx
+        if not ctx.link_ready() or ctx.link.is_set():
+            return
+        ctx.link.set()
+        ctx.metrics.synced.set(1)
+        if self.active:
+            # Claims and outcomes waited while cut off: look at everything again.
+            ctx.mark_dirty(ctx.doc.stories)
+
+    async def _link_loop(self) -> None:
+        """Follow the link: up when a connection has synced, down when it ends."""
+        while True:
+            self._disconnected.clear()
+            await self.ctx.sync.wait_synced()
+            self._link_synced()
+            await self._disconnected.wait()
+
     async def run(self) -> None:
         """Start (after this replica became leader) and run until cancelled."""
         await self.start()
@@ -88,6 +118,7 @@ class Engine:
             except TimeoutError:
                 log.warning("rendezvous not synced yet (connected=%s); still waiting", ctx.sync.connected)
         ctx.metrics.initial_sync.set(ctx.mono() - sync_started)
+        self._link_synced()
         ctx.metrics.doc_stories.set(len(ctx.doc.stories))
         await self._adopt_until_done()
         self.active = True
@@ -103,10 +134,12 @@ class Engine:
                 tg.create_task(self._dispatch_loop(), name="dispatch")
                 tg.create_task(self._periodic_loop(), name="resync")
                 tg.create_task(self._presence_loop(), name="presence")
+                tg.create_task(self._link_loop(), name="link")
         finally:
             self.active = False
             ctx.cancel_tasks()
             self._remove_listener()
+            self._remove_state()
 
     async def _adopt_until_done(self) -> None:
         backoff = Backoff(minimum=0.5, maximum=15.0)
@@ -165,8 +198,8 @@ class Engine:
         ctx = self.ctx
         ctx.metrics.doc_stories.set(len(ctx.doc.stories))
         ctx.metrics.doc_malformed.set(len(ctx.doc.malformed))
+        ctx.metrics.doc_bytes.set(len(ctx.doc.encode_update()))
         ctx.table.prune(ctx.mono())
-        recovery.release_dead_claims(ctx)
         ctx.mark_dirty(ctx.doc.stories)
         ctx.mark_dirty(ctx.table.runs)
         await observe.check_jobs(ctx)

@@ -2,7 +2,11 @@
 ending, writes a run's outcome to the document and records it on its StoryJob.
 
 Every path that ends a run (finished Job, stuck pod, lost claim, vanished Job,
-failed start) goes through :func:`end_run` with an ``outcomes.Outcome``.
+failed start) goes through :func:`end_run` with an ``outcomes.Outcome``. The final
+phase is written on the StoryJob at once with ``recorded: false``; the document write
+waits until the rendezvous link is up (I4), is confirmed with backoff, and only then
+is the StoryJob marked ``recorded: true``. A restart finishes what is unrecorded
+(``recovery.adopt``), so a finished claim is never run twice and never forgotten.
 """
 
 from __future__ import annotations
@@ -12,14 +16,30 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from huskies_agent.backoff import Backoff
 from huskies_agent.engine.context import Context
-from huskies_agent.engine.outcomes import DocAction, Outcome, StartFailed, Timeouts, Written, decide, describe
+from huskies_agent.engine.outcomes import (
+    DocAction,
+    JobGone,
+    Outcome,
+    StartFailed,
+    Timeouts,
+    Written,
+    decide,
+    describe,
+    status_fields,
+    unrecorded,
+)
 from huskies_agent.engine.phases import Phase
 from huskies_agent.engine.runs import Run
 from huskies_agent.k8s import objects
 from huskies_agent.k8s.api import ApiException, is_conflict, is_not_found
 
 log = logging.getLogger("huskies_agent.engine")
+
+
+class NameTaken(Exception):
+    """A StoryJob of this run's name exists for a different run."""
 
 
 def timeouts(ctx: Context) -> Timeouts:
@@ -33,33 +53,28 @@ async def start_run(ctx: Context, spec: objects.RunSpec, seen: float) -> None:
     sid = spec.story_id
     table = ctx.table
     failure: StartFailed | None = None
+    gone = False
     async with table.locks[sid], ctx.create_slots:
-        if sid in table.runs:
+        if sid in table.runs or sid in table.pending:
             return
         run = Run(spec=spec, started=seen)
         table.runs[sid] = run
         try:
-            try:
-                sj = await ctx.kube.create_storyjob(objects.build_storyjob(ctx.settings, spec))
-            except ApiException as exc:
-                if not is_conflict(exc):
-                    raise
-                sj = await ctx.kube.get_storyjob(spec.name)
-                earlier = Phase.parse((sj.get("status") or {}).get("phase"))
-                if earlier is not None and earlier.final:
-                    # This claim already ran to the end (we crashed before the document
-                    # heard of it): apply its outcome instead of running the story again.
-                    table.runs.pop(sid, None)
-                    settle_finished_claim(ctx, spec, earlier)
-                    return
+            sj, job_made = await _storyjob_for(ctx, spec)
+            if sj is None:
+                table.runs.pop(sid, None)
+                return
             run.storyjob = sj
-            uid = (sj.get("metadata") or {}).get("uid")
-            try:
-                await ctx.kube.create_job(objects.build_job(ctx.settings, spec, uid))
-                ctx.metrics.jobs_created.inc()
-            except ApiException as exc:
-                if not is_conflict(exc):
-                    raise
+            if job_made:
+                gone = not await _job_exists(ctx, spec.name)
+            else:
+                uid = (sj.get("metadata") or {}).get("uid")
+                try:
+                    await ctx.kube.create_job(objects.build_job(ctx.settings, spec, uid))
+                    ctx.metrics.jobs_created.inc()
+                except ApiException as exc:
+                    if not is_conflict(exc):
+                        raise
             run.job_created = True
             ctx.metrics.claim_to_job.observe(ctx.mono() - seen)
         except Exception as exc:
@@ -68,8 +83,8 @@ async def start_run(ctx: Context, spec: objects.RunSpec, seen: float) -> None:
             log.error("could not start story %s: %s", sid, exc)
             why = exc.message if isinstance(exc, ApiException) else str(exc)
             failure = StartFailed(why, client_error=isinstance(exc, ApiException) and 400 <= exc.status < 500)
-    if failure is not None:
-        await end_run(ctx, run, decide(failure, timeouts=timeouts(ctx)))
+    if failure is not None or gone:
+        await end_run(ctx, run, decide(failure or JobGone(), timeouts=timeouts(ctx)))
         return
     log.info("started story %s (stage %s, epoch %d) as job %s", sid, spec.stage, spec.epoch, spec.name)
     ctx.spawn(_after_start(ctx, run), f"started:{sid}")
@@ -77,21 +92,47 @@ async def start_run(ctx: Context, spec: objects.RunSpec, seen: float) -> None:
     ctx.mark_dirty([sid])
 
 
-def settle_finished_claim(ctx: Context, spec: objects.RunSpec, phase: Phase) -> None:
-    now = ctx.clock()
-    if phase is Phase.SUCCEEDED:
-        moved = ctx.doc.complete(spec.story_id, ctx.me, spec.epoch, now)
-        log.info("story %s: claim %d had already succeeded; moved to %s", spec.story_id, spec.epoch, moved)
-    else:
-        ctx.doc.release(spec.story_id, ctx.me, now)
-        log.info("story %s: claim %d had already ended %s; released", spec.story_id, spec.epoch, phase)
+async def _storyjob_for(ctx: Context, spec: objects.RunSpec) -> tuple[dict[str, Any] | None, bool]:
+    """The run's StoryJob, created or found; ``(None, _)`` when that run already ended.
+
+    The second value says whether the StoryJob's status records that its Job was
+    created (such a Job is never created again: a missing one was deleted).
+    """
+    try:
+        return await ctx.kube.create_storyjob(objects.build_storyjob(ctx.settings, spec)), False
+    except ApiException as exc:
+        if not is_conflict(exc):
+            raise
+    sj = await ctx.kube.get_storyjob(spec.name)
+    # Accept only the very same run: same story, stage, node and epoch.
+    if objects.run_spec_from_object(sj) != spec:
+        raise NameTaken(f"storyjob {spec.name} exists for another run ({(sj.get('spec') or {})!r})")
+    status = sj.get("status") or {}
+    phase = Phase.parse(status.get("phase"))
+    if phase is not None and phase.final:
+        # This claim already ran to the end (we crashed before the document heard of
+        # it): finish recording its outcome instead of running the story again.
+        log.info("story %s: claim %d of %s had already ended %s", spec.story_id, spec.epoch, spec.stage, phase)
+        settle_unrecorded(ctx, spec, sj)
+        return None, True
+    return sj, bool(status.get("jobCreated"))
+
+
+async def _job_exists(ctx: Context, name: str) -> bool:
+    try:
+        await ctx.kube.get_job(name)
+        return True
+    except ApiException as exc:
+        if is_not_found(exc):
+            return False
+        raise
 
 
 async def _after_start(ctx: Context, run: Run) -> None:
     assert run.storyjob is not None
     async with ctx.followup_slots:
         await patch_run_status(ctx, run, {"phase": Phase.PENDING.value, "jobName": run.spec.name,
-                                          "startedAt": iso(ctx.clock())})
+                                          "jobCreated": True, "startedAt": iso(ctx.clock())})
         await ctx.kube.post_event(
             run.storyjob, reason="Claimed",
             message=f"node {ctx.me} claimed story {run.spec.story_id} ({run.spec.stage}, epoch "
@@ -109,7 +150,8 @@ async def mark_running(ctx: Context, run: Run) -> None:
 # ---------------------------------------------------------------------- ending
 
 async def end_run(ctx: Context, run: Run, outcome: Outcome, *, seen: float | None = None) -> bool:
-    """End ``run`` with ``outcome``: delete its Job if asked, write the document, record it.
+    """End ``run`` with ``outcome``: delete its Job if asked, record the final phase,
+    then write the document (see the module docstring).
 
     Returns False when the run had already ended (or the Job could not be deleted:
     the next resync tries again).
@@ -134,23 +176,64 @@ async def end_run(ctx: Context, run: Run, outcome: Outcome, *, seen: float | Non
             label = outcome.phase.value.lower()
             ctx.metrics.jobs_finished.labels(label).inc()
             ctx.metrics.job_duration.labels(label).observe(ctx.mono() - run.started)
-        written = apply_action(ctx, run.spec, outcome.action, reason=outcome.reason)
         table.cool(sid, ctx.mono(), outcome.cooldown)
         table.runs.pop(sid, None)
+        if outcome.action is not DocAction.NONE:
+            table.pending[sid] = run.spec
     run.phase = outcome.phase
-    words = describe(outcome, story_id=sid, stage=run.spec.stage, job=run.spec.name, written=written,
+    if run.storyjob is not None:
+        await patch_run_status(ctx, run, {**status_fields(outcome), "finishedAt": iso(ctx.clock())})
+    if outcome.action is DocAction.NONE:
+        await _announce(ctx, run.spec, run.storyjob, outcome, Written())
+        ctx.capacity_changed()
+    else:
+        ctx.spawn(record(ctx, run.spec, run.storyjob, outcome), f"record:{sid}")
+    return True
+
+
+def settle_unrecorded(ctx: Context, spec: objects.RunSpec, storyjob: dict[str, Any]) -> None:
+    """Finish recording the outcome of a final StoryJob whose document write is unconfirmed."""
+    outcome = unrecorded(storyjob.get("status") or {})
+    if outcome is None or spec.story_id in ctx.table.pending:
+        return
+    ctx.table.pending[spec.story_id] = spec
+    ctx.spawn(record(ctx, spec, storyjob, outcome), f"record:{spec.story_id}")
+
+
+async def record(ctx: Context, spec: objects.RunSpec, storyjob: Mapping[str, Any] | None, outcome: Outcome) -> None:
+    """Write the outcome to the document once the link is up, confirm it with backoff, mark it recorded."""
+    backoff = Backoff(minimum=max(0.1, ctx.settings.confirm_timeout_seconds), maximum=30.0)
+    written: Written | None = None
+    try:
+        while True:
+            await ctx.wait_link()
+            if written is None:
+                written = apply_action(ctx, spec, outcome.action, reason=outcome.reason)
+            if await ctx.sync.confirm(ctx.settings.confirm_timeout_seconds):
+                break
+            delay = backoff.next_delay()
+            log.warning("rendezvous has not confirmed the outcome of %s yet; trying again in %.1fs",
+                        spec.story_id, delay)
+            await ctx.sleep(delay)
+    finally:
+        ctx.table.pending.pop(spec.story_id, None)
+    words = await _announce(ctx, spec, storyjob, outcome, written)
+    if storyjob is not None:
+        await patch_status(ctx, spec.name, {"recorded": True, "reason": words})
+    ctx.mark_dirty([spec.story_id])
+    ctx.capacity_changed()
+
+
+async def _announce(ctx: Context, spec: objects.RunSpec, storyjob: Mapping[str, Any] | None, outcome: Outcome,
+                    written: Written) -> str:
+    """Log and post the Event of an ending; returns the final status reason."""
+    words = describe(outcome, story_id=spec.story_id, stage=spec.stage, job=spec.name, written=written,
                      max_retries=ctx.settings.max_retries)
     level = logging.WARNING if outcome.delete_job else logging.INFO
-    log.log(level, "story %s (job %s): %s", sid, run.spec.name, words.message)
-    if outcome.action is not DocAction.NONE and not await ctx.sync.confirm(ctx.settings.confirm_timeout_seconds):
-        log.warning("rendezvous has not confirmed the result of %s yet; it syncs on reconnect", sid)
-    if run.storyjob is not None:
-        status: dict[str, Any] = {"phase": outcome.phase.value, "reason": words.reason,
-                                  "finishedAt": iso(ctx.clock()), **outcome.status}
-        await patch_run_status(ctx, run, status)
-        await ctx.kube.post_event(run.storyjob, reason=words.event, message=words.message, warning=outcome.warning)
-    ctx.capacity_changed()
-    return True
+    log.log(level, "story %s (job %s): %s", spec.story_id, spec.name, words.message)
+    if storyjob is not None:
+        await ctx.kube.post_event(storyjob, reason=words.event, message=words.message, warning=outcome.warning)
+    return words.reason
 
 
 def apply_action(ctx: Context, spec: objects.RunSpec, action: DocAction, *, reason: str = "") -> Written:
@@ -171,6 +254,7 @@ def apply_action(ctx: Context, spec: objects.RunSpec, action: DocAction, *, reas
 # ---------------------------------------------------------------------- status
 
 async def patch_run_status(ctx: Context, run: Run, status: Mapping[str, Any]) -> None:
+    """Status writes of a run never go back (Pending < Running < final, one final)."""
     phase = Phase.parse(status.get("phase")) or Phase.PENDING
     async with run.status_lock:
         if phase.rank < run.written_rank or (phase.final and run.written_rank == Phase.SUCCEEDED.rank):

@@ -138,7 +138,7 @@ def decide(obs: Observation, *, timeouts: Timeouts = Timeouts()) -> Outcome:
             return Outcome(Phase.CANCELLED, "job deleted", DocAction.RELEASE, "Cancelled",
                            cooldown=timeouts.gone_cooldown)
         case Disrupted(why=why):
-            return Outcome(Phase.FAILED, f"pod disrupted ({why}); claim released for another node",
+            return Outcome(Phase.RELEASED, f"pod disrupted ({why}); claim released for another node",
                            DocAction.RELEASE, "Disrupted", delete_job=True)
         case StartFailed(why=why, client_error=client_error):
             cooldown = timeouts.stuck_cooldown if client_error else timeouts.start_retry_cooldown
@@ -152,13 +152,19 @@ def _finished(obs: Finished) -> Outcome:
     if obs.succeeded:
         return Outcome(Phase.SUCCEEDED, "succeeded", DocAction.ADVANCE, "Succeeded", warning=False,
                        status=status)
+    if obs.job_reason == DEADLINE_EXCEEDED:
+        # Killed at activeDeadlineSeconds: the story's own failure (it overran), counted so
+        # that a story that always overruns ends blocked instead of retrying forever.
+        detail = f": {obs.job_message}" if obs.job_message else ""
+        return Outcome(Phase.FAILED, f"deadline exceeded (the run passed activeDeadlineSeconds){detail}",
+                       DocAction.COUNT_FAILURE, "DeadlineExceeded", counted=True, status=status)
     if obs.exit_code == ExitCode.FENCED:
         # A newer claim's run pushed first: this run was stale, not a failure of the story.
         return Outcome(Phase.LOST, "push fenced: a newer claim owns the branch", DocAction.RELEASE, "Fenced",
                        status=status)
     if obs.disrupted or obs.exit_code == ExitCode.TERMINATED:
         why = obs.disrupted or "runner terminated"
-        return Outcome(Phase.FAILED, f"disrupted ({why}); released", DocAction.RELEASE, "Disrupted",
+        return Outcome(Phase.RELEASED, f"disrupted ({why}); released", DocAction.RELEASE, "Disrupted",
                        status=status)
     why = str(obs.result.get("error") or "") or _job_failure(obs)
     if obs.exit_code is not None:
@@ -212,3 +218,32 @@ def describe(outcome: Outcome, *, story_id: str, stage: str, job: str, written: 
     if outcome.delete_job:
         return Description(outcome.reason[:300], outcome.event, f"job {job} deleted: {outcome.reason}")
     return Description(outcome.reason[:300], outcome.event, f"story {story_id}: {outcome.reason}")
+
+
+# ---------------------------------------------------------------------- recorded outcomes
+
+def status_fields(outcome: Outcome) -> dict[str, Any]:
+    """What a final StoryJob status records about its outcome, so that a restart can
+    finish recording it: the document action, and whether it is confirmed yet."""
+    return {"phase": outcome.phase.value, "reason": outcome.reason[:300], "action": outcome.action.value,
+            "recorded": outcome.action is DocAction.NONE, **outcome.status}
+
+
+def unrecorded(status: Mapping[str, Any]) -> Outcome | None:
+    """The outcome a final StoryJob still has to write to the document, if any.
+
+    StoryJobs written before outcomes were recorded carry no ``recorded`` field: they
+    count as recorded (the document write of that version was not conditioned on the
+    stage, so applying it again could be wrong).
+    """
+    phase = Phase.parse(status.get("phase"))
+    if phase is None or not phase.final or status.get("recorded") is not False:
+        return None
+    try:
+        action = DocAction(str(status.get("action")))
+    except ValueError:
+        return None
+    if action is DocAction.NONE:
+        return None
+    return Outcome(phase, str(status.get("reason") or ""), action, phase.value,
+                   warning=phase is not Phase.SUCCEEDED, counted=action is DocAction.COUNT_FAILURE)

@@ -10,6 +10,7 @@ from typing import Any
 from huskies_agent import claims
 from huskies_agent.engine import lifecycle, observe
 from huskies_agent.engine.context import Context
+from huskies_agent.engine.outcomes import JobGone, decide, unrecorded
 from huskies_agent.engine.phases import Phase
 from huskies_agent.engine.runs import Run
 from huskies_agent.k8s import objects
@@ -19,16 +20,21 @@ log = logging.getLogger("huskies_agent.engine")
 
 
 async def adopt(ctx: Context) -> None:
-    """After a restart or failover: keep what is still ours, delete what is not."""
+    """After a restart or failover: keep what is still ours, delete what is not, and
+    finish recording outcomes whose document write was never confirmed."""
     storyjobs = await ctx.kube.list_storyjobs(ctx.selector)
     jobs = {j["metadata"]["name"]: j for j in await ctx.kube.list_jobs(ctx.selector)}
-    adopted = deleted = 0
+    adopted = deleted = settled = 0
     for sj in storyjobs:
         spec = objects.run_spec_from_object(sj)
         if spec is None or spec.node != ctx.me:
             continue
-        phase = Phase.parse((sj.get("status") or {}).get("phase")) or Phase.PENDING
+        status = sj.get("status") or {}
+        phase = Phase.parse(status.get("phase")) or Phase.PENDING
         if phase.final:
+            if unrecorded(status) is not None:
+                lifecycle.settle_unrecorded(ctx, spec, sj)
+                settled += 1
             continue
         job = jobs.get(spec.name)
         current = ctx.table.get(spec.story_id)
@@ -37,12 +43,16 @@ async def adopt(ctx: Context) -> None:
         own = claims.check_ownership(ctx.doc.story(spec.story_id), me=ctx.me, epoch=spec.epoch, stage=spec.stage)
         if own.keep:
             adopted += 1
-            if job is None:
-                await lifecycle.start_run(ctx, spec, ctx.mono())
+            if job is None and not status.get("jobCreated"):
+                await lifecycle.start_run(ctx, spec, ctx.mono())  # crashed between StoryJob and Job
                 continue
-            run = Run(spec=spec, started=ctx.mono(), phase=phase, storyjob=sj, job_created=True)
+            run = Run(spec=spec, started=ctx.mono(), phase=phase, storyjob=sj, job_created=True,
+                      written_rank=phase.rank)
             ctx.table.runs[spec.story_id] = run
-            if objects.job_condition(job) is not None:
+            if job is None:
+                # Its Job was created and is gone: never create it again (it may have run).
+                ctx.spawn(lifecycle.end_run(ctx, run, decide(JobGone())), f"gone:{spec.story_id}")
+            elif objects.job_condition(job) is not None:
                 ctx.spawn(observe.finish(ctx, run, job), f"finish:{spec.story_id}")
             continue
         if job is not None and objects.job_condition(job) is None:
@@ -50,19 +60,9 @@ async def adopt(ctx: Context) -> None:
             deleted += 1
         await lifecycle.patch_status(ctx, spec.name, {"phase": Phase.LOST.value,
                                                       "reason": f"after restart: {own.reason}",
+                                                      "action": "none", "recorded": True,
                                                       "finishedAt": lifecycle.iso(ctx.clock())})
-    log.info("adoption: %d runs adopted, %d stale jobs deleted", adopted, deleted)
-
-
-def release_dead_claims(ctx: Context) -> None:
-    """Work held by dead nodes: take it (the dispatcher does) or, without room, free it."""
-    now = ctx.clock()
-    dead = claims.dead_claims(ctx.doc.stories.values(), me=ctx.me, nodes=ctx.doc.nodes, now=now,
-                              claim_timeout=ctx.settings.claim_timeout_seconds)
-    for story in dead[ctx.free:]:
-        if ctx.doc.release(story.story_id, story.claimed_by, now, bump_epoch=True):
-            log.info("released story %s held by dead node %s", story.story_id, story.claimed_by)
-            ctx.metrics.claims.labels("released").inc()
+    log.info("adoption: %d runs adopted, %d stale jobs deleted, %d outcomes to record", adopted, deleted, settled)
 
 
 async def cleanup_finished(ctx: Context) -> None:
@@ -76,8 +76,8 @@ async def cleanup_finished(ctx: Context) -> None:
     for sj in storyjobs:
         status: dict[str, Any] = sj.get("status") or {}
         phase = Phase.parse(status.get("phase"))
-        if phase is None or not phase.final:
-            continue
+        if phase is None or not phase.final or unrecorded(status) is not None:
+            continue  # an unrecorded outcome is kept until the document has it
         finished = parse_iso(status.get("finishedAt"))
         if finished is not None and now - finished > ctx.settings.finished_ttl_seconds:
             try:

@@ -39,6 +39,9 @@ class RunTable:
     def __init__(self) -> None:
         self.runs: dict[str, Run] = {}
         self.claiming: set[str] = set()
+        #: Outcomes ended locally whose document write is not confirmed yet, by story id.
+        #: The story is not run again here until its outcome is recorded.
+        self.pending: dict[str, objects.RunSpec] = {}
         #: Story id -> monotonic time until which this node does not claim it again.
         self.cooldown: dict[str, float] = {}
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -50,6 +53,10 @@ class RunTable:
 
     def get(self, story_id: str) -> Run | None:
         return self.runs.get(story_id)
+
+    def occupied(self, story_id: str) -> bool:
+        """A run, a claim being confirmed or an unrecorded outcome holds the story here."""
+        return story_id in self.runs or story_id in self.claiming or story_id in self.pending
 
     def is_current(self, run: Run) -> bool:
         """``run`` is still the live run of its story and no ending was decided."""
@@ -65,7 +72,7 @@ class RunTable:
     def prune(self, now: float) -> None:
         """Forget expired cooldowns and idle locks."""
         self.cooldown = {k: v for k, v in self.cooldown.items() if v > now}
-        for sid in [k for k, lock in self.locks.items() if not lock.locked() and k not in self.runs]:
+        for sid in [k for k, lock in self.locks.items() if not lock.locked() and not self.occupied(k)]:
             del self.locks[sid]
 
     def count_by_phase(self) -> dict[Phase, int]:

@@ -33,7 +33,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return naming.storyjob_name(self.story_id, self.epoch)
+        return naming.storyjob_name(self.story_id, self.stage, self.node, self.epoch)
 
 
 def common_labels(settings: Settings, run: RunSpec) -> dict[str, str]:
@@ -58,6 +58,11 @@ def run_annotations(run: RunSpec) -> dict[str, str]:
 
 def selector_for_instance(settings: Settings) -> str:
     return f"app.kubernetes.io/managed-by={naming.APP_NAME},app.kubernetes.io/instance={settings.instance}"
+
+
+def selector_for_node(settings: Settings, node: str) -> str:
+    """The objects of this install's node only (another install may share the namespace)."""
+    return f"{selector_for_instance(settings)},{naming.LABEL_NODE}={naming.label_value(node)}"
 
 
 def build_storyjob(settings: Settings, run: RunSpec) -> dict[str, Any]:
@@ -224,7 +229,9 @@ def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[s
             # Retries are the pipeline's business (retry_count), not the Job controller's.
             "backoffLimit": 0,
             "activeDeadlineSeconds": build.active_deadline_seconds,
-            "ttlSecondsAfterFinished": build.ttl_seconds_after_finished,
+            # No ttlSecondsAfterFinished: a finished Job must outlive any operator downtime
+            # (else adoption cannot tell it ran); it goes with its StoryJob, through the owner
+            # reference, once the StoryJob's recorded outcome is cleaned up.
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": pod_annotations},
                 "spec": pod_spec,
