@@ -1,30 +1,35 @@
-"""Claiming policy: pure decisions about which stories this node claims, keeps or frees.
+"""Claiming policy: pure decisions about which stories this node claims, keeps or leaves.
 
-Rules (after huskies' agent mode, with its long-story takeover removed):
+The protocol these functions implement is written down in docs/claims.md. In short:
 
 * Only stories in ``2_current``, ``3_qa`` or ``4_merge`` are worked on; blocked stories,
   invalid story ids and stories with unmet dependencies are skipped.
-* A claim held by a **live** node stands, however old it is. A node is live while its
-  presence entry says ``alive`` and was refreshed within the claim timeout.
-* A claim held by a dead (or unknown) node is taken over, or released when this node
-  has no room, so work moves on.
-* Capacity counts every story this node runs or is claiming (pending and running).
+* A claim held by a **live** node stands, however old it is. Liveness is judged by
+  :class:`Liveness` from when *this* node last received a presence change of the other
+  node, on this node's monotonic clock; no two machines' clocks are ever compared.
+* A claim held by a dead node is taken over by writing a higher-epoch claim of one's
+  own; nobody writes (or releases) another node's claim.
+* Work spreads by weighted rendezvous hashing: each node ranks the live nodes with room
+  for a story the same way and claims at once only where it ranks first; the k-th
+  ranked node waits ``k * spread_delay`` first, so most stories are never raced.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import math
 import re
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 
 from huskies_agent.pipeline import stages
-from huskies_agent.pipeline.model import NodePresence, Story, story_id_problem
+from huskies_agent.pipeline.model import Story, story_id_problem
 
 
 class Verdict(enum.Enum):
     CLAIM = "claim"  # unclaimed (or released): claim it
-    TAKE_OVER = "take_over"  # held by a dead node: claim it
+    TAKE_OVER = "take_over"  # held by a dead node: claim it above that node's epoch
     OURS = "ours"  # we hold the claim
     SKIP = "skip"  # nothing to do for this node
 
@@ -39,10 +44,54 @@ class Decision:
         return self.verdict in (Verdict.CLAIM, Verdict.TAKE_OVER)
 
 
-def is_node_alive(node_id: str, nodes: Mapping[str, NodePresence], now: float, timeout: float) -> bool:
-    """A node is alive when its presence says so and is fresher than ``timeout``."""
-    presence = nodes.get(node_id)
-    return presence is not None and presence.alive and (now - presence.last_seen) < timeout
+IsDead = Callable[[str], bool]
+
+
+class Liveness:
+    """Which other nodes this node may judge dead, on this node's monotonic clock only.
+
+    ``heard`` is called when a *remote* update changed a node's presence entry (never
+    for our own writes), ``link_up`` when the rendezvous connection is synced and
+    ``link_down`` when it drops. A node is dead only while the link is up and nothing
+    was heard from it for ``claim_timeout`` seconds since the later of its last change
+    and the link coming up: while cut off nobody is dead, and after a reconnect nobody
+    is dead until synced for a full timeout. Wall-clock ``last_seen`` values written by
+    other machines are never looked at.
+    """
+
+    __slots__ = ("claim_timeout", "_last_heard", "_link_up_at")
+
+    def __init__(self, claim_timeout: float) -> None:
+        self.claim_timeout = claim_timeout
+        self._last_heard: dict[str, float] = {}
+        self._link_up_at: float | None = None
+
+    def heard(self, node: str, now: float) -> None:
+        previous = self._last_heard.get(node)
+        self._last_heard[node] = now if previous is None else max(previous, now)
+
+    def link_up(self, now: float) -> None:
+        """The link is synced; a repeated call while it stays up changes nothing."""
+        if self._link_up_at is None:
+            self._link_up_at = now
+
+    def link_down(self) -> None:
+        self._link_up_at = None
+
+    @property
+    def linked(self) -> bool:
+        return self._link_up_at is not None
+
+    def silent_for(self, node: str, now: float) -> float | None:
+        """Seconds without news of ``node`` that count (``None`` while cut off)."""
+        if self._link_up_at is None:
+            return None
+        since = max(self._link_up_at, self._last_heard.get(node, self._link_up_at))
+        return now - since
+
+    def is_dead(self, node: str, now: float) -> bool:
+        silent = self.silent_for(node, now)
+        return silent is not None and silent >= self.claim_timeout
 
 
 def unmet_dependencies(story: Story, stories: Mapping[str, Story]) -> list[str]:
@@ -59,16 +108,8 @@ def unmet_dependencies(story: Story, stories: Mapping[str, Story]) -> list[str]:
     return unmet
 
 
-def decide(
-    story: Story,
-    *,
-    me: str,
-    stories: Mapping[str, Story],
-    nodes: Mapping[str, NodePresence],
-    now: float,
-    claim_timeout: float,
-) -> Decision:
-    """What this node should do about ``story``, ignoring capacity."""
+def decide(story: Story, *, me: str, stories: Mapping[str, Story], is_dead: IsDead) -> Decision:
+    """What this node should do about ``story``, ignoring capacity and spreading."""
     if not stages.is_active(story.stage):
         return Decision(Verdict.SKIP, f"stage {story.stage} is not worked on")
     holder = story.claimed_by
@@ -79,9 +120,8 @@ def decide(
     problem = story_id_problem(story.story_id)
     if problem:
         return Decision(Verdict.SKIP, problem)
-    if holder:
-        if is_node_alive(holder, nodes, now, claim_timeout):
-            return Decision(Verdict.SKIP, f"claimed by live node {holder}")
+    if holder and not is_dead(holder):
+        return Decision(Verdict.SKIP, f"claimed by live node {holder}")
     unmet = unmet_dependencies(story, stories)
     if unmet:
         return Decision(Verdict.SKIP, f"waiting for {', '.join(unmet)}")
@@ -101,69 +141,94 @@ def priority_key(story: Story) -> tuple[int, int, str]:
     return stage_rank, number, story.story_id
 
 
+def hrw_score(story_id: str, node: str, weight: float) -> float:
+    """Weighted rendezvous-hash score ``-weight / ln(u)``, ``u`` in (0, 1) from a hash of both ids."""
+    digest = hashlib.blake2b(f"{story_id}\x1f{node}".encode(), digest_size=8).digest()
+    u = ((int.from_bytes(digest, "big") >> 12) + 0.5) / float(1 << 52)
+    return -weight / math.log(u)
+
+
+def rank(story_id: str, capacities: Mapping[str, int]) -> list[str]:
+    """Nodes with free slots, best first for ``story_id``; every node computes the same order.
+
+    A node's chance of ranking first is proportional to its free slots.
+    """
+    nodes = [(node, slots) for node, slots in capacities.items() if slots > 0]
+    nodes.sort(key=lambda item: (-hrw_score(story_id, item[0], float(item[1])), item[0]))
+    return [node for node, _ in nodes]
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """Stories to claim now (best first), and when to look again at the ones still waiting."""
+
+    now: list[Story]
+    recheck_in: float | None = None
+
+
 def choose_claims(
     candidates: Iterable[Story],
     *,
     me: str,
     stories: Mapping[str, Story],
-    nodes: Mapping[str, NodePresence],
-    now: float,
-    claim_timeout: float,
+    is_dead: IsDead,
+    capacities: Mapping[str, int],
     busy: int,
     max_concurrent: int,
     cooling: Set[str] = frozenset(),
-) -> list[Story]:
-    """The stories to claim now, best first, within the free capacity.
+    waited: Callable[[str], float],
+    spread_delay: float,
+) -> Choice:
+    """The stories to claim now within the free capacity, spread across nodes by rank.
 
-    ``busy`` counts stories this node already runs or is claiming; ``cooling`` holds
-    stories this node recently gave up for lack of capacity (others may take them).
+    ``capacities`` maps other nodes to the free slots they advertise; dead nodes and
+    nodes without room are left out, and this node counts with its own free slots.
+    A story where this node ranks k-th (0-based) is claimed once it has ``waited`` at
+    least ``k * spread_delay`` seconds claimable. ``busy`` counts stories this node runs
+    or is claiming; ``cooling`` holds stories this node gave up recently.
     """
     free = max(0, max_concurrent - busy)
     if free == 0:
-        return []
-    wanted = [
-        s
-        for s in candidates
-        if s.story_id not in cooling
-        and decide(s, me=me, stories=stories, nodes=nodes, now=now, claim_timeout=claim_timeout).wants_claim
-    ]
-    wanted.sort(key=priority_key)
-    return wanted[:free]
-
-
-def dead_claims(
-    stories: Iterable[Story], *, me: str, nodes: Mapping[str, NodePresence], now: float, claim_timeout: float
-) -> list[Story]:
-    """Active stories whose claim is held by another node that is dead."""
-    return [
-        s
-        for s in stories
-        if stages.is_active(s.stage)
-        and s.claimed_by
-        and s.claimed_by != me
-        and not is_node_alive(s.claimed_by, nodes, now, claim_timeout)
-    ]
+        return Choice([])
+    room = {node: slots for node, slots in capacities.items() if node != me and slots > 0 and not is_dead(node)}
+    room[me] = free
+    ready: list[Story] = []
+    recheck: float | None = None
+    for story in candidates:
+        if story.story_id in cooling:
+            continue
+        if not decide(story, me=me, stories=stories, is_dead=is_dead).wants_claim:
+            continue
+        due = rank(story.story_id, room).index(me) * spread_delay - waited(story.story_id)
+        if due <= 0:
+            ready.append(story)
+        else:
+            recheck = due if recheck is None else min(recheck, due)
+    ready.sort(key=priority_key)
+    return Choice(ready[:free], recheck)
 
 
 @dataclass(frozen=True, slots=True)
 class Ownership:
-    """Whether a run we started for (story, epoch) may go on."""
+    """Whether a run we started for (story, epoch, stage) may go on."""
 
     keep: bool
     reason: str = ""
 
 
 def check_ownership(story: Story | None, *, me: str, epoch: int, stage: str) -> Ownership:
-    """A run keeps going only while the story is still ours at its epoch and stage."""
+    """A run keeps going only while our claim at ``epoch`` for ``stage`` is the winning claim."""
     if story is None:
         return Ownership(False, "story removed from the pipeline")
     if story.stage in stages.FINISHED_STAGES:
         return Ownership(False, f"story moved to {story.stage}")
-    if story.claimed_by != me:
-        holder = story.claimed_by or "nobody"
-        return Ownership(False, f"claim lost to {holder}")
-    if story.epoch != epoch:
-        return Ownership(False, f"claim epoch moved from {epoch} to {story.epoch}")
+    claim = story.claim
+    if claim is not None and claim.node == me and claim.epoch == epoch and claim.stage == stage:
+        return Ownership(True)
     if story.stage != stage:
         return Ownership(False, f"story moved from {stage} to {story.stage}")
-    return Ownership(True)
+    if claim is None:
+        return Ownership(False, "claim lost to nobody (released or fenced by a newer epoch)")
+    if claim.node != me:
+        return Ownership(False, f"claim lost to {claim.node}")
+    return Ownership(False, f"claim epoch moved from {epoch} to {claim.epoch}")

@@ -129,15 +129,18 @@ def _act(doc: PipelineDoc, args: argparse.Namespace) -> tuple[str, bool]:
     if doc.story(story_id) is None:
         reason = doc.malformed.get(story_id)
         raise CommandError(f"story {story_id!r} is malformed: {reason}" if reason else f"no story {story_id!r}")
+    # A person's edits are stage moves of a writer of their own (above every epoch, so
+    # they fence any running claim) and the plain ``blocked`` flag; see docs/claims.md.
+    writer = doc.human_writer()
     try:
         if action == "move":
-            doc.move(story_id, args.stage)
+            doc.move(story_id, args.stage, writer=writer)
             return f"moved {story_id} to {args.stage}", True
         if action == "block":
-            doc.set_blocked(story_id, True)
+            doc.set_blocked(story_id, True, writer=writer)
             return f"blocked {story_id}", True
         if action == "unblock":
-            doc.set_blocked(story_id, False, reset_retries=True)
+            doc.set_blocked(story_id, False, reset_retries=True, writer=writer)
             return f"unblocked {story_id} (retries reset)", True
     except StoryNotFound:
         raise CommandError(f"no story {story_id!r}") from None

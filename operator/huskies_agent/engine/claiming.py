@@ -17,6 +17,11 @@ from huskies_agent.pipeline.model import Claim, Story
 
 log = logging.getLogger("huskies_agent.engine")
 
+#: How long a claimable story waits for each node ranked before this one (work spreading,
+#: docs/claims.md): the best-ranked node with room claims at once, the next one after this
+#: delay if the first did not, and so on.
+SPREAD_DELAY_SECONDS = 1.0
+
 
 def reconcile(ctx: Context, story_ids: Iterable[str]) -> None:
     """React to changed stories: stop lost runs, resume our own claims, claim new work."""
@@ -31,12 +36,15 @@ def reconcile(ctx: Context, story_ids: Iterable[str]) -> None:
             if not own.keep and not run.ending:
                 over = story is None or story.stage in stages.FINISHED_STAGES
                 # Still ours but moved or finished by someone else: free the claim as well.
-                ours = story is not None and story.claimed_by == ctx.me and story.epoch == run.spec.epoch
+                ours = story is not None and story.claim is not None and story.claim.order == (
+                    run.spec.epoch, ctx.me)
                 outcome = decide(ClaimLost(own.reason, story_over=over, still_ours=ours))
                 ctx.spawn(lifecycle.end_run(ctx, run, outcome, seen=ctx.mono()), f"stop:{sid}")
             continue
         if story is None or table.occupied(sid):
             continue
+        if story.claim is not None:
+            ctx.claimable_since.pop(sid, None)
         if story.claimed_by == ctx.me and stages.is_active(story.stage) and not story.blocked:
             # Our claim without a run (restart between claim and Job, or a takeover
             # written by this node earlier): run it at that epoch.
@@ -54,18 +62,45 @@ def _claim_candidates(ctx: Context, candidates: list[Story]) -> None:
     if not ctx.link_ready():
         # I4: no claim writes while cut off; the link coming back re-checks every story.
         return
-    chosen = claims.choose_claims(
-        candidates, me=ctx.me, stories=ctx.doc.stories, nodes=ctx.doc.nodes, now=ctx.clock(),
-        claim_timeout=ctx.settings.claim_timeout_seconds, busy=table.busy,
-        max_concurrent=ctx.settings.max_concurrent, cooling=table.cooling(ctx.mono()),
+    now = ctx.mono()
+    for story in candidates:
+        ctx.claimable_since.setdefault(story.story_id, now)
+    choice = claims.choose_claims(
+        candidates, me=ctx.me, stories=ctx.doc.stories, is_dead=ctx.is_dead,
+        capacities={node: p.capacity or 0 for node, p in ctx.doc.nodes.items()},
+        busy=table.busy, max_concurrent=ctx.settings.max_concurrent, cooling=table.cooling(now),
+        waited=lambda sid: now - ctx.claimable_since.get(sid, now), spread_delay=SPREAD_DELAY_SECONDS,
     )
+    chosen = choice.now
     ids = {s.story_id for s in chosen}
     # Remember stories passed over for lack of room, to look at again when room frees up.
     ctx.waiting.update(s.story_id for s in candidates
                        if s.story_id not in ids and stages.is_active(s.stage) and not s.blocked)
+    if choice.recheck_in is not None:
+        _recheck_later(ctx, {s.story_id for s in candidates} - ids, choice.recheck_in)
     if chosen:
+        for sid in ids:
+            ctx.claimable_since.pop(sid, None)
         table.claiming.update(ids)
-        ctx.spawn(_claim_batch(ctx, chosen, ctx.mono()), f"claim:{len(ids)}")
+        ctx.spawn(_claim_batch(ctx, chosen, now), f"claim:{len(ids)}")
+
+
+def _recheck_later(ctx: Context, story_ids: set[str], delay: float) -> None:
+    """Look at stories left for better-ranked nodes again once this node's turn comes."""
+    ctx.spreading.update(story_ids)
+    due = ctx.mono() + delay
+    if ctx.recheck_at is not None and ctx.recheck_at <= due:
+        return
+    ctx.recheck_at = due
+
+    async def wake() -> None:
+        await ctx.sleep(delay)
+        if ctx.recheck_at == due:
+            ctx.recheck_at = None
+            ids, ctx.spreading = ctx.spreading, set()
+            ctx.mark_dirty(ids)
+
+    ctx.spawn(wake(), "spread-recheck")
 
 
 async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
@@ -77,8 +112,7 @@ async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
         chosen = [
             current for s in chosen
             if (current := ctx.doc.story(s.story_id)) is not None
-            and claims.decide(current, me=ctx.me, stories=ctx.doc.stories, nodes=ctx.doc.nodes, now=now,
-                              claim_timeout=ctx.settings.claim_timeout_seconds).wants_claim
+            and claims.decide(current, me=ctx.me, stories=ctx.doc.stories, is_dead=ctx.is_dead).wants_claim
         ]
         if not chosen:
             return
@@ -136,6 +170,7 @@ def _still_ours(ctx: Context, sid: str, claim: Claim) -> bool:
 
 async def _resume_claim(ctx: Context, story: Story) -> None:
     try:
-        await lifecycle.start_run(ctx, objects.RunSpec(story.story_id, story.stage, ctx.me, story.epoch), ctx.mono())
+        epoch = story.claim.epoch if story.claim else story.epoch
+        await lifecycle.start_run(ctx, objects.RunSpec(story.story_id, story.stage, ctx.me, epoch), ctx.mono())
     finally:
         ctx.table.claiming.discard(story.story_id)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from huskies_agent import claims
 from huskies_agent.engine.ports import KubeApi, Monotonic, Replicator, WallClock
 from huskies_agent.engine.runs import RunTable
 from huskies_agent.k8s import objects
@@ -43,6 +44,13 @@ class Context:
     waiting: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: Who is alive, judged only from presence changes received (docs/claims.md, I5).
+    liveness: claims.Liveness = field(default_factory=lambda: claims.Liveness(600.0))
+    #: Story id -> monotonic time it was first seen claimable (work spreading).
+    claimable_since: dict[str, float] = field(default_factory=dict)
+    #: Stories left for a better-ranked node, and when they are looked at again.
+    spreading: set[str] = field(default_factory=set)
+    recheck_at: float | None = None
     # Creating Jobs is the latency that matters; status patches and Events queue behind it.
     create_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
     followup_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
@@ -50,6 +58,9 @@ class Context:
     @property
     def selector(self) -> str:
         return objects.selector_for_node(self.settings, self.me)
+
+    def is_dead(self, node: str) -> bool:
+        return self.liveness.is_dead(node, self.mono())
 
     def link_ready(self) -> bool:
         return self.sync.connected and self.sync.synced

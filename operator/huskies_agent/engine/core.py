@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from huskies_agent import claims
 from huskies_agent.backoff import Backoff
 from huskies_agent.engine import claiming, observe, recovery
 from huskies_agent.engine.context import Context
@@ -45,7 +46,8 @@ class Engine:
         monotonic: Monotonic = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.ctx = Context(settings, kube, doc, sync, node_id, metrics, clock=clock, mono=monotonic, sleep=sleep)
+        self.ctx = Context(settings, kube, doc, sync, node_id, metrics, clock=clock, mono=monotonic, sleep=sleep,
+                           liveness=claims.Liveness(settings.claim_timeout_seconds))
         self.active = False
         #: Set once adoption is done and the engine reacts to changes.
         self.activated = asyncio.Event()
@@ -69,6 +71,11 @@ class Engine:
     # ------------------------------------------------------------------ wiring
     def _on_changes(self, changes: Changes) -> None:
         # Runs inside a pycrdt callback: no document writes here, just schedule work.
+        if changes.remote:
+            # Only a change received from a peer says that peer is alive (never our own writes).
+            now = self.ctx.mono()
+            for node in changes.nodes - {self.me}:
+                self.ctx.liveness.heard(node, now)
         if changes.nodes and not changes.stories:
             return
         self.ctx.mark_dirty(changes.stories)
@@ -79,6 +86,7 @@ class Engine:
             self._link_synced()
         else:
             self.ctx.link.clear()
+            self.ctx.liveness.link_down()
             self.ctx.metrics.synced.set(0)
             self._disconnected.set()
 
@@ -87,6 +95,7 @@ class Engine:
         if not ctx.link_ready() or ctx.link.is_set():
             return
         ctx.link.set()
+        ctx.liveness.link_up(ctx.mono())
         ctx.metrics.synced.set(1)
         if self.active:
             # Claims and outcomes waited while cut off: look at everything again.

@@ -241,9 +241,9 @@ def apply_action(ctx: Context, spec: objects.RunSpec, action: DocAction, *, reas
     now = ctx.clock()
     sid = spec.story_id
     if action is DocAction.ADVANCE:
-        return Written(new_stage=ctx.doc.complete(sid, ctx.me, spec.epoch, now))
+        return Written(new_stage=ctx.doc.complete(sid, ctx.me, spec.epoch, spec.stage, now))
     if action is DocAction.COUNT_FAILURE:
-        counted = ctx.doc.record_failure(sid, ctx.me, spec.epoch, now, reason=reason,
+        counted = ctx.doc.record_failure(sid, ctx.me, spec.epoch, spec.stage, now, reason=reason,
                                          max_retries=ctx.settings.max_retries)
         return Written(retries=counted[0], blocked=counted[1]) if counted else Written()
     if action is DocAction.RELEASE:

@@ -1,20 +1,24 @@
 """The pipeline CRDT document: the only module that touches pycrdt types.
 
-Layout of the shared document (schema version 1)::
+Layout of the shared document (schema version 1; claim protocol v2, docs/claims.md)::
 
     meta   : Map   {"schema_version": 1}
     items  : Map   story_id -> Map {story_id, name, stage, agent, retry_count,
-                                    blocked, depends_on, last_error,
-                                    claim: {"node", "epoch", "at"}}   # one atomic value
-    nodes  : Map   node_id  -> {"node_id", "address", "last_seen", "alive", "capacity"}
+                                    blocked, depends_on, last_error,      # plain fields
+                                    "claim@<node>":  {"epoch", "stage", "held", "at", "fails"},
+                                    "stage@<writer>": {"stage", "epoch"}}
+    nodes  : Map   node_id  -> {"node_id", "address", "last_seen", "alive", "capacity", "seq"}
 
 Rules that keep replicas from silently losing data:
 
 * Only the author of a story (the huskies server or ``huskies-agent stories add``)
-  creates its nested ``Map``. Build nodes only write fields of an existing story, so
+  creates its nested ``Map``. Build nodes only write keys of an existing story, so
   two nodes never race to create the same nested Map (one subtree would be lost).
-* A claim is one plain value, so concurrent claims converge to one whole winner,
-  the same on every replica.
+* Every claim and stage move is a key only its owner writes, so no concurrent write
+  to one key is ever settled by Yjs' client-id tie-break; every replica computes the
+  same winners from the entries by ``(epoch, node)`` (``model.resolve``). The plain
+  ``stage`` is the author's stage (epoch 0); ``retry_count`` and a single ``claim``
+  value of older writers are read, never written.
 * A node writes only its own ``nodes`` entry, one key per transaction, so presence
   updates do not grow the document.
 
@@ -27,16 +31,20 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pycrdt import Doc, Map, MapEvent, Subscription, TransactionEvent
 
 from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.model import (
+    CLAIM_PREFIX,
+    MAX_FAILS,
+    STAGE_PREFIX,
     Claim,
     MalformedEntry,
     NodePresence,
+    StageMove,
     Story,
     parse_presence,
     parse_story,
@@ -92,6 +100,7 @@ class PipelineDoc:
         self._stories: dict[str, Story] = {}
         self._malformed: dict[str, str] = {}
         self._presence: dict[str, NodePresence] = {}
+        self._presence_seq: dict[str, int] = {}
         self._listeners: list[Listener] = []
         self._update_listeners: list[UpdateListener] = []
         self._doc_sub: Subscription | None = None
@@ -250,95 +259,130 @@ class PipelineDoc:
             if story_id in self._items:
                 del self._items[story_id]
 
-    def move(self, story_id: str, stage: str) -> None:
+    # Claim protocol v2 (docs/claims.md): every write below touches only keys its writer
+    # owns (``claim@<node>``, ``stage@<writer>``) plus plain informational fields, and is
+    # conditioned on this replica's view. Readers resolve the winners (model.resolve).
+
+    def human_writer(self) -> str:
+        """The writer id of a person's edits made through this replica."""
+        return f"cli-{self.doc.client_id}"
+
+    def move(self, story_id: str, stage: str, *, writer: str | None = None) -> None:
+        """A person moves the story: a stage move above every epoch, fencing any running claim."""
         if not stages.is_stage(stage):
             raise ValueError(f"unknown stage {stage!r}")
-        self._item(story_id)["stage"] = stage
+        story = self._require(story_id)
+        move = StageMove(writer or self.human_writer(), stage, story.top_epoch + 1)
+        self._item(story_id)[STAGE_PREFIX + move.writer] = move.to_raw()
 
-    def set_blocked(self, story_id: str, blocked: bool, *, reset_retries: bool = False) -> None:
+    def set_blocked(
+        self, story_id: str, blocked: bool, *, reset_retries: bool = False, writer: str | None = None
+    ) -> None:
+        """Block or unblock. ``reset_retries`` voids the counted failures with a stage move
+        (same stage, above every epoch) when there are any; with none it fences nothing."""
+        story = self._require(story_id)
         item = self._item(story_id)
         with self.doc.transaction():
             item["blocked"] = blocked
-            if reset_retries:
-                item["retry_count"] = 0
+            if reset_retries and story.retry_count > 0:
+                move = StageMove(writer or self.human_writer(), story.stage, story.top_epoch + 1)
+                item[STAGE_PREFIX + move.writer] = move.to_raw()
 
     def claim(self, story_id: str, node: str, now: float) -> Claim:
-        """Write ``node``'s claim with the next epoch. Returns the claim written."""
-        item = self._item(story_id)
-        current = self._stories.get(story_id)
-        epoch = (current.epoch if current else 0) + 1
-        claim = Claim(node=node, epoch=epoch, at=now)
-        item["claim"] = claim.to_raw()
+        """Write ``node``'s claim above every epoch of the story, for its current stage."""
+        story = self._require(story_id)
+        own = story.entry_of(node)
+        claim = Claim(node=node, epoch=story.top_epoch + 1, at=now, stage=story.stage, held=True,
+                      fails=own.fails if own else ())
+        self._item(story_id)[CLAIM_PREFIX + node] = claim.to_raw()
         return claim
 
     def claim_many(self, story_ids: Iterable[str], node: str, now: float) -> dict[str, Claim]:
-        """Claim several stories in one transaction (one update on the wire)."""
+        """Claim several stories in one transaction (one update on the wire).
+
+        Ids that are not (or no longer) well-formed stories are left out of the result.
+        """
         claims: dict[str, Claim] = {}
         with self.doc.transaction():
             for story_id in story_ids:
-                claims[story_id] = self.claim(story_id, node, now)
+                if story_id in self._stories:
+                    claims[story_id] = self.claim(story_id, node, now)
         return claims
 
-    def release(self, story_id: str, node: str, now: float, *, bump_epoch: bool = False) -> bool:
-        """Clear the claim if (as far as this replica knows) ``node`` holds it.
-
-        ``node`` is this node for its own claims, or a dead node whose work moves on. A
-        release written for another node bumps the epoch (``bump_epoch``), so that if it
-        races a takeover and wins, the next claim still gets an epoch never used before.
-        """
+    def release(self, story_id: str, node: str, now: float) -> bool:
+        """Mark ``node``'s claim released, if (in this replica's view) it is the winning claim."""
         story = self._stories.get(story_id)
-        if story is None or story.claimed_by != node:
+        if story is None or story.claim is None or story.claim.node != node:
             return False
-        epoch = story.epoch + 1 if bump_epoch else story.epoch
-        self._item(story_id)["claim"] = Claim(node="", epoch=epoch, at=now).to_raw()
+        self._item(story_id)[CLAIM_PREFIX + node] = replace(story.claim, held=False, at=now).to_raw()
         return True
 
-    def complete(self, story_id: str, node: str, epoch: int, now: float) -> str | None:
-        """Advance a story whose work succeeded and release the claim, in one transaction.
-
-        Only when ``node`` still holds the claim at ``epoch`` and the story is still in
-        an active stage. Returns the new stage, or ``None`` when nothing was written.
-        """
+    def _holds(self, story_id: str, node: str, epoch: int, stage: str) -> Story | None:
         story = self._stories.get(story_id)
-        if story is None or story.claimed_by != node or story.epoch != epoch:
+        if story is None or story.claim is None or story.claim.order != (epoch, node):
             return None
-        if not stages.is_active(story.stage):
+        if story.stage != stage or not stages.is_active(stage):
             return None
-        new_stage = stages.next_stage(story.stage)
+        return story
+
+    def complete(self, story_id: str, node: str, epoch: int, stage: str, now: float) -> str | None:
+        """Advance a story whose ``stage`` run at ``epoch`` succeeded, releasing the claim.
+
+        Only while ``node``'s claim at ``epoch`` wins and the story is still in ``stage``
+        (an active one). Writes ``stage@node`` at the claim's epoch and the released claim
+        in one transaction. Returns the new stage, or ``None`` when nothing was written.
+        """
+        story = self._holds(story_id, node, epoch, stage)
+        if story is None or story.claim is None:
+            return None
+        new_stage = stages.next_stage(stage)
         item = self._item(story_id)
         with self.doc.transaction():
-            item["stage"] = new_stage
-            item["retry_count"] = 0
+            item[STAGE_PREFIX + node] = StageMove(node, new_stage, epoch).to_raw()
+            item[CLAIM_PREFIX + node] = replace(story.claim, held=False, at=now).to_raw()
             item["last_error"] = ""
-            item["claim"] = Claim(node="", epoch=epoch, at=now).to_raw()
         return new_stage
 
     def record_failure(
-        self, story_id: str, node: str, epoch: int, now: float, *, reason: str, max_retries: int
+        self, story_id: str, node: str, epoch: int, stage: str, now: float, *, reason: str, max_retries: int
     ) -> tuple[int, bool] | None:
-        """Count a failed attempt, release the claim and block after ``max_retries``.
+        """Count a failed run of ``stage`` at ``epoch``, release the claim, block at ``max_retries``.
 
-        Returns ``(retry_count, blocked)``, or ``None`` when ``node`` no longer holds
-        the claim at ``epoch`` (the failure is then not ours to count).
+        Same condition as :meth:`complete`. Returns ``(retry_count, blocked)``, or
+        ``None`` when the failure is not ours to count.
         """
-        story = self._stories.get(story_id)
-        if story is None or story.claimed_by != node or story.epoch != epoch:
+        story = self._holds(story_id, node, epoch, stage)
+        if story is None or story.claim is None:
             return None
-        retries = story.retry_count + 1
+        counted = {e for c in story.claims for e in c.fails if e > story.stage_epoch}
+        retries = story.retry_count + (0 if epoch in counted else 1)
         blocked = retries >= max_retries
+        fails = (*story.claim.fails, epoch)[-MAX_FAILS:]
         item = self._item(story_id)
         with self.doc.transaction():
-            item["retry_count"] = retries
+            item[CLAIM_PREFIX + node] = replace(story.claim, held=False, at=now, fails=fails).to_raw()
             item["last_error"] = reason[:500]
             if blocked:
                 item["blocked"] = True
-            item["claim"] = Claim(node="", epoch=epoch, at=now).to_raw()
         return retries, blocked
 
     def put_presence(self, presence: NodePresence) -> None:
-        self._nodes[presence.node_id] = presence.to_raw()
+        """Write this node's own presence entry with a ``seq`` above any it wrote before."""
+        known = self._presence.get(presence.node_id)
+        seq = max(self._presence_seq.get(presence.node_id, 0), known.seq if known else 0) + 1
+        self._presence_seq[presence.node_id] = seq
+        self._nodes[presence.node_id] = replace(presence, seq=seq).to_raw()
 
     # ------------------------------------------------------------------ internals
+    def _require(self, story_id: str) -> Story:
+        """The parsed story, or StoryNotFound / MalformedEntry (the projection's reason)."""
+        story = self._stories.get(story_id)
+        if story is not None:
+            return story
+        if story_id in self._malformed:
+            raise MalformedEntry(f"story {story_id!r} is malformed: {self._malformed[story_id]}")
+        raise StoryNotFound(story_id)
+
     def _item(self, story_id: str) -> Map[Any]:
         try:
             item = self._items[story_id]

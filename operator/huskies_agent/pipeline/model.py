@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,50 +110,177 @@ def parse_depends_on(value: object) -> tuple[str, ...]:
     return tuple(p for p in (s.strip() for s in parts) if p)
 
 
+#: Key prefix of a node's claim entry in a story's Map: ``claim@<node>``.
+CLAIM_PREFIX = "claim@"
+#: Key prefix of a stage move in a story's Map: ``stage@<writer>``.
+STAGE_PREFIX = "stage@"
+#: The single claim value of schema 1, read (never written) for compatibility.
+LEGACY_CLAIM_KEY = "claim"
+#: Fail epochs a node keeps in its claim entry.
+MAX_FAILS = 32
+
+
+def _as_epochs(value: object) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise MalformedEntry(f"fails must be a list of epochs, got {value!r}")
+    return tuple(as_int(v) for v in value)
+
+
+def _as_stage(value: object, what: str) -> str:
+    stage = as_str(value)
+    if not stages.is_stage(stage):
+        raise MalformedEntry(f"{what} has unknown stage {stage!r}")
+    return stage
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Who works on a story. Written as one value, so it is never half one node's.
+    """One node's claim entry (``claim@<node>``); only that node ever writes it.
 
-    ``epoch`` grows by one each time the story is claimed; a released claim keeps
-    its epoch with an empty ``node`` so the next claim continues the count.
+    ``epoch`` is above every epoch the story had when the claim was made; ``stage`` is
+    the stage the claim works on; ``held`` turns False when the node releases, completes
+    or fails. ``fails`` lists the epochs at which this node's runs failed (newest last).
+    ``at`` is the writer's wall clock, for people only: nothing compares it.
     """
 
     node: str
     epoch: int
-    at: float
+    at: float = 0.0
+    stage: str = ""
+    held: bool = True
+    fails: tuple[int, ...] = ()
 
     @property
-    def held(self) -> bool:
-        return bool(self.node)
+    def order(self) -> tuple[int, str]:
+        """Concurrent claims resolve by this key, the same on every replica."""
+        return self.epoch, self.node
 
     def to_raw(self) -> dict[str, Any]:
-        return {"node": self.node, "epoch": self.epoch, "at": self.at}
+        return {"epoch": self.epoch, "stage": self.stage, "held": self.held, "at": self.at,
+                "fails": list(self.fails[-MAX_FAILS:])}
 
     @classmethod
-    def from_raw(cls, raw: object) -> Claim | None:
+    def from_raw(cls, node: str, raw: object) -> Claim:
+        """The entry stored under ``claim@<node>``; raises MalformedEntry."""
+        if not node:
+            raise MalformedEntry("claim entry without a node id")
+        if not isinstance(raw, Mapping):
+            raise MalformedEntry(f"claim of {node!r} must be an object, got {raw!r}")
+        epoch = as_int(raw.get("epoch"))
+        if epoch < 1:
+            raise MalformedEntry(f"claim of {node!r} has epoch {epoch} (must be 1 or more)")
+        return cls(
+            node=node,
+            epoch=epoch,
+            at=as_float(raw.get("at")),
+            stage=_as_stage(raw.get("stage"), f"claim of {node!r}"),
+            held=as_bool(raw.get("held"), default=True),
+            fails=_as_epochs(raw.get("fails")),
+        )
+
+    @classmethod
+    def from_legacy(cls, raw: object, stage: str) -> Claim | None:
+        """The schema-1 ``claim`` value ``{"node", "epoch", "at"}`` as an entry of its node.
+
+        It names no stage: it was made for the story's plain stage. A released one
+        (empty node) still carries its epoch, so it is kept as a released entry.
+        """
         if raw is None:
             return None
         if not isinstance(raw, Mapping):
             raise MalformedEntry(f"claim must be an object, got {raw!r}")
-        return cls(
-            node=as_str(raw.get("node")),
-            epoch=as_int(raw.get("epoch")),
-            at=as_float(raw.get("at")),
-        )
+        node = as_str(raw.get("node"))
+        epoch = as_int(raw.get("epoch"))
+        if epoch < 0:
+            raise MalformedEntry(f"claim has a negative epoch {epoch}")
+        return cls(node=node, epoch=epoch, at=as_float(raw.get("at")), stage=stage, held=bool(node))
+
+
+@dataclass(frozen=True, slots=True)
+class StageMove:
+    """A stage move (``stage@<writer>``): the story is in ``stage`` as of ``epoch``."""
+
+    writer: str
+    stage: str
+    epoch: int
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return self.epoch, self.writer
+
+    def to_raw(self) -> dict[str, Any]:
+        return {"stage": self.stage, "epoch": self.epoch}
+
+    @classmethod
+    def from_raw(cls, writer: str, raw: object) -> StageMove:
+        if not writer:
+            raise MalformedEntry("stage move without a writer id")
+        if not isinstance(raw, Mapping):
+            raise MalformedEntry(f"stage move of {writer!r} must be an object, got {raw!r}")
+        epoch = as_int(raw.get("epoch"))
+        if epoch < 1:
+            raise MalformedEntry(f"stage move of {writer!r} has epoch {epoch} (must be 1 or more)")
+        return cls(writer=writer, stage=_as_stage(raw.get("stage"), f"stage move of {writer!r}"), epoch=epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class Registers:
+    """What every replica computes from a story's entries (see :func:`resolve`)."""
+
+    stage: str
+    stage_epoch: int
+    top_epoch: int
+    claim: Claim | None
+    retry_count: int
+
+
+def resolve(base_stage: str, claims: Iterable[Claim], moves: Iterable[StageMove], *,
+            legacy_retries: int = 0) -> Registers:
+    """The story's state as a pure function of its entries, the same on every replica.
+
+    * stage: the stage move with the highest ``(epoch, writer)``; the author's plain
+      stage counts as a move at epoch 0 by writer "".
+    * top_epoch: the highest epoch of any claim or stage move (a new claim takes one more).
+    * claim: the entry with the highest ``(epoch, node)``, if it is held, newer than the
+      stage move and made for the current stage; otherwise nobody holds the story.
+    * retry_count: distinct fail epochs above the stage move's epoch (plus the schema-1
+      ``retry_count`` while no stage move has superseded the author's stage).
+    """
+    claim_list = list(claims)
+    move = max([StageMove("", base_stage, 0), *moves], key=lambda m: m.order)
+    top = max([move.epoch, *(c.epoch for c in claim_list)])
+    winner = max(claim_list, key=lambda c: c.order, default=None)
+    valid = winner is not None and winner.held and winner.epoch > move.epoch and winner.stage == move.stage
+    fails = {epoch for c in claim_list for epoch in c.fails if epoch > move.epoch}
+    retries = len(fails) + (max(0, legacy_retries) if move.epoch == 0 else 0)
+    return Registers(stage=move.stage, stage_epoch=move.epoch, top_epoch=top,
+                     claim=winner if valid else None, retry_count=retries)
 
 
 @dataclass(frozen=True, slots=True)
 class Story:
+    """A story as every replica sees it: ``stage``, ``claim`` and ``retry_count`` are resolved."""
+
     story_id: str
+    #: The effective stage (the winning stage move).
     stage: str
     name: str = ""
     agent: str = ""
     retry_count: int = 0
     blocked: bool = False
     depends_on: tuple[str, ...] = ()
+    #: The winning claim when it is valid (held, newer than the stage move, for this stage).
     claim: Claim | None = None
     #: The last failure reason recorded by a build node (empty when none).
     last_error: str = ""
+    #: The highest epoch any claim or stage move of this story used.
+    top_epoch: int = 0
+    #: The epoch of the winning stage move (0: the author's stage).
+    stage_epoch: int = 0
+    #: Every node's claim entry, held or not, ordered by node.
+    claims: tuple[Claim, ...] = ()
 
     @property
     def claimed_by(self) -> str:
@@ -161,7 +288,15 @@ class Story:
 
     @property
     def epoch(self) -> int:
-        return self.claim.epoch if self.claim else 0
+        """The highest epoch used so far (the claim's epoch while the story is claimed)."""
+        return max(self.top_epoch, self.claim.epoch if self.claim else 0)
+
+    def entry_of(self, node: str) -> Claim | None:
+        """``node``'s own claim entry (held or not)."""
+        for claim in self.claims:
+            if claim.node == node:
+                return claim
+        return None
 
 
 def parse_story(key: str, raw: Mapping[str, Any]) -> Story:
@@ -171,19 +306,36 @@ def parse_story(key: str, raw: Mapping[str, Any]) -> Story:
     story_id = as_str(raw.get("story_id"), default=key) or key
     if story_id != key:
         raise MalformedEntry(f"story stored under {key!r} names itself {story_id!r}")
-    stage = as_str(raw.get("stage"))
-    if not stages.is_stage(stage):
-        raise MalformedEntry(f"story {key!r} has unknown stage {stage!r}")
+    base = as_str(raw.get("stage"))
+    if not stages.is_stage(base):
+        raise MalformedEntry(f"story {key!r} has unknown stage {base!r}")
+    entries: dict[str, Claim] = {}
+    moves: list[StageMove] = []
+    for field_name, value in raw.items():
+        if not isinstance(field_name, str):
+            continue
+        if field_name.startswith(CLAIM_PREFIX):
+            node = field_name[len(CLAIM_PREFIX):]
+            entries[node] = Claim.from_raw(node, value)
+        elif field_name.startswith(STAGE_PREFIX):
+            moves.append(StageMove.from_raw(field_name[len(STAGE_PREFIX):], value))
+    legacy = Claim.from_legacy(raw.get(LEGACY_CLAIM_KEY), base)
+    if legacy is not None and legacy.node not in entries:
+        entries[legacy.node] = legacy
+    registers = resolve(base, entries.values(), moves, legacy_retries=as_int(raw.get("retry_count")))
     return Story(
         story_id=story_id,
-        stage=stage,
+        stage=registers.stage,
         name=as_str(raw.get("name")),
         agent=as_str(raw.get("agent")),
-        retry_count=as_int(raw.get("retry_count")),
+        retry_count=registers.retry_count,
         blocked=as_bool(raw.get("blocked")),
         depends_on=parse_depends_on(raw.get("depends_on")),
-        claim=Claim.from_raw(raw.get("claim")),
+        claim=registers.claim,
         last_error=as_str(raw.get("last_error")),
+        top_epoch=registers.top_epoch,
+        stage_epoch=registers.stage_epoch,
+        claims=tuple(sorted(entries.values(), key=lambda c: c.node)),
     )
 
 
@@ -197,6 +349,8 @@ class NodePresence:
     address: str = ""
     #: Free build slots the node advertises (``None``: not advertised).
     capacity: int | None = None
+    #: Grows with every write of the entry, so each write is a change every peer receives.
+    seq: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_raw(self) -> dict[str, Any]:
@@ -204,6 +358,7 @@ class NodePresence:
         raw.update(node_id=self.node_id, last_seen=self.last_seen, alive=self.alive, address=self.address)
         if self.capacity is not None:
             raw["capacity"] = self.capacity
+        raw["seq"] = self.seq
         return raw
 
 
@@ -212,12 +367,13 @@ def parse_presence(key: str, raw: object) -> NodePresence:
         raise MalformedEntry(f"node {key!r} is not an object")
     node_id = as_str(raw.get("node_id"), default=key) or key
     capacity = raw.get("capacity")
-    known = {"node_id", "last_seen", "alive", "address", "capacity"}
+    known = {"node_id", "last_seen", "alive", "address", "capacity", "seq"}
     return NodePresence(
         node_id=node_id,
         last_seen=as_float(raw.get("last_seen")),
         alive=as_bool(raw.get("alive"), default=True),
         address=as_str(raw.get("address")),
         capacity=None if capacity is None else as_int(capacity),
+        seq=as_int(raw.get("seq")),
         extra={k: v for k, v in raw.items() if k not in known},
     )
