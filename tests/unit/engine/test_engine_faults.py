@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from tests.helpers.docpeer import Peer
 from tests.helpers.fakekube import FakeKube
 
 from huskies_agent.k8s import objects
@@ -218,3 +219,25 @@ async def test_eviction_ends_in_released_not_failed(h):
     await h.settle()
     assert h.kube.phase(name) == "Released"
     assert h.doc.story("1_a").retry_count == 0
+
+
+# ---------------------------------------------------------------------- finding 2: a late finisher
+
+async def test_a_cut_off_nodes_late_completion_does_not_undo_a_takeover(h):
+    name = await started(h)
+    epoch = h.engine.runs["1_a"].spec.epoch
+    h.sync.set_link(False)
+    await h.engine.on_job_event("MODIFIED", h.kube.finish_job(name, succeeded=True, exit_code=0, message=OK))
+    await h.settle()
+    # Meanwhile another node took the story over and finished the coder stage itself;
+    # the reconnect brings its writes in before the link counts as synced.
+    peer = Peer(h, "other")
+    peer.doc.claim("1_a", "other", 0.0)
+    assert peer.doc.complete("1_a", "other", epoch + 1, "2_current", 0.0) == "3_qa"
+    peer.push()
+    h.sync.set_link(True)
+    await h.settle()
+    story = h.doc.story("1_a")
+    assert story.stage == "3_qa" and story.stage_epoch == epoch + 1, "advanced once, by the winner"
+    status = h.kube.storyjobs[name]["status"]
+    assert status["recorded"] is True and status["reason"] == "claim no longer ours"

@@ -7,31 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.helpers.docpeer import Peer
+
 from huskies_agent import claims
 from huskies_agent.engine.claiming import SPREAD_DELAY_SECONDS
-from huskies_agent.pipeline.document import PipelineDoc
-from huskies_agent.pipeline.model import NodePresence
-
-
-class Peer:
-    def __init__(self, h, node):
-        self.h, self.node, self.doc = h, node, PipelineDoc()
-        self.pull()
-
-    def pull(self):
-        self.doc.apply_remote(self.h.doc.encode_update(self.doc.state_vector()))
-
-    def push(self):
-        self.h.doc.apply_remote(self.doc.encode_update(self.h.doc.state_vector()))
-
-    def beat(self, capacity=0):
-        self.doc.put_presence(NodePresence(node_id=self.node, last_seen=0.0, capacity=capacity))
-        self.push()
-
-    def claim(self, sid):
-        self.pull()
-        self.doc.claim(sid, self.node, 0.0)
-        self.push()
 
 
 async def test_a_silent_holder_is_taken_over_after_the_claim_timeout_with_a_higher_epoch(make_engine):
