@@ -209,6 +209,8 @@ class Engine:
         ctx.metrics.doc_malformed.set(len(ctx.doc.malformed))
         ctx.metrics.doc_bytes.set(len(ctx.doc.encode_update()))
         ctx.table.prune(ctx.mono())
+        ctx.claimable_since = {sid: t for sid, t in ctx.claimable_since.items()
+                               if (story := ctx.doc.story(sid)) is not None and story.claim is None}
         ctx.mark_dirty(ctx.doc.stories)
         ctx.mark_dirty(ctx.table.runs)
         await observe.check_jobs(ctx)

@@ -113,7 +113,7 @@ async def _storyjob_for(ctx: Context, spec: objects.RunSpec) -> tuple[dict[str, 
         # This claim already ran to the end (we crashed before the document heard of
         # it): finish recording its outcome instead of running the story again.
         log.info("story %s: claim %d of %s had already ended %s", spec.story_id, spec.epoch, spec.stage, phase)
-        settle_unrecorded(ctx, spec, sj)
+        settle_unrecorded(ctx, spec, sj, release=True)
         return None, True
     return sj, bool(status.get("jobCreated"))
 
@@ -191,9 +191,18 @@ async def end_run(ctx: Context, run: Run, outcome: Outcome, *, seen: float | Non
     return True
 
 
-def settle_unrecorded(ctx: Context, spec: objects.RunSpec, storyjob: dict[str, Any]) -> None:
-    """Finish recording the outcome of a final StoryJob whose document write is unconfirmed."""
-    outcome = unrecorded(storyjob.get("status") or {})
+def settle_unrecorded(ctx: Context, spec: objects.RunSpec, storyjob: dict[str, Any], *,
+                      release: bool = False) -> None:
+    """Finish recording the outcome of a final StoryJob whose document write is unconfirmed.
+
+    With ``release``, a recorded outcome still releases the claim (a no-op unless the
+    claim at that epoch is somehow still ours), so an ended run never holds a story.
+    """
+    status = storyjob.get("status") or {}
+    outcome = unrecorded(status)
+    if outcome is None and release:
+        phase = Phase.parse(status.get("phase")) or Phase.CANCELLED
+        outcome = Outcome(phase, str(status.get("reason") or "run already ended"), DocAction.RELEASE, phase.value)
     if outcome is None or spec.story_id in ctx.table.pending:
         return
     ctx.table.pending[spec.story_id] = spec

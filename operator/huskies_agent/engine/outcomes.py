@@ -232,17 +232,20 @@ def status_fields(outcome: Outcome) -> dict[str, Any]:
 def unrecorded(status: Mapping[str, Any]) -> Outcome | None:
     """The outcome a final StoryJob still has to write to the document, if any.
 
-    StoryJobs written before outcomes were recorded carry no ``recorded`` field: they
-    count as recorded (the document write of that version was not conditioned on the
-    stage, so applying it again could be wrong).
+    StoryJobs written before outcomes were recorded carry no ``recorded`` field: their
+    write is made again (every write is conditioned on the claim, epoch and stage, so a
+    write that landed is a no-op): Succeeded advances, anything else releases.
     """
     phase = Phase.parse(status.get("phase"))
-    if phase is None or not phase.final or status.get("recorded") is not False:
+    if phase is None or not phase.final or status.get("recorded") is True:
         return None
-    try:
-        action = DocAction(str(status.get("action")))
-    except ValueError:
-        return None
+    if "recorded" not in status:
+        action = DocAction.ADVANCE if phase is Phase.SUCCEEDED else DocAction.RELEASE
+    else:
+        try:
+            action = DocAction(str(status.get("action")))
+        except ValueError:
+            return None
     if action is DocAction.NONE:
         return None
     return Outcome(phase, str(status.get("reason") or ""), action, phase.value,

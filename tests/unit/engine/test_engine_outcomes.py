@@ -99,3 +99,17 @@ def test_phase_parse_and_rank():
     assert Phase.parse("Running") is Phase.RUNNING
     assert Phase.parse("bogus") is None and Phase.parse(None) is None
     assert Phase.PENDING.rank < Phase.RUNNING.rank < Phase.FAILED.rank == Phase.SUCCEEDED.rank
+
+
+def test_unrecorded_outcomes_from_storyjob_status():
+    from huskies_agent.engine.outcomes import unrecorded
+
+    assert unrecorded({"phase": "Succeeded", "action": "advance", "recorded": True}) is None
+    assert unrecorded({"phase": "Running", "recorded": False}) is None
+    assert unrecorded({"phase": "Lost", "action": "none", "recorded": False}) is None
+    failed = unrecorded({"phase": "Failed", "action": "count_failure", "recorded": False, "reason": "boom"})
+    assert failed.action is DocAction.COUNT_FAILURE and failed.reason == "boom"
+    # Written by a version that did not record outcomes: the write is made again (conditioned).
+    assert unrecorded({"phase": "Succeeded"}).action is DocAction.ADVANCE
+    assert unrecorded({"phase": "Lost"}).action is DocAction.RELEASE
+    assert unrecorded({"phase": "Failed", "action": "bogus", "recorded": False}) is None
