@@ -185,6 +185,7 @@ async def end_run(ctx: Context, run: Run, outcome: Outcome, *, seen: float | Non
         await patch_run_status(ctx, run, {**status_fields(outcome), "finishedAt": iso(ctx.clock())})
     if outcome.action is DocAction.NONE:
         await _announce(ctx, run.spec, run.storyjob, outcome, Written())
+        ctx.mark_dirty([sid])  # e.g. moved by hand to another active stage: claim that now
         ctx.capacity_changed()
     else:
         ctx.spawn(record(ctx, run.spec, run.storyjob, outcome), f"record:{sid}")

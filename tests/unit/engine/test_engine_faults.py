@@ -241,3 +241,45 @@ async def test_a_cut_off_nodes_late_completion_does_not_undo_a_takeover(h):
     assert story.stage == "3_qa" and story.stage_epoch == epoch + 1, "advanced once, by the winner"
     status = h.kube.storyjobs[name]["status"]
     assert status["recorded"] is True and status["reason"] == "claim no longer ours"
+
+
+# ---------------------------------------------------------------------- finding 3: the run's own stage
+
+async def test_a_story_moved_back_by_hand_while_its_outcome_waits_is_not_advanced(h):
+    name = await started(h, stage="3_qa")
+    h.sync.set_link(False)
+    await h.engine.on_job_event("MODIFIED", h.kube.finish_job(name, succeeded=True, exit_code=0, message=OK))
+    await h.settle()
+    h.doc.move("1_a", "2_current", writer="cli-human")  # a person sends it back to the coder
+    h.sync.set_link(True)
+    await h.settle()
+    assert h.doc.story("1_a").stage == "2_current", "the QA run's success does not skip the new coder stage"
+    assert h.kube.storyjobs[name]["status"]["reason"] == "claim no longer ours"
+
+
+async def test_a_story_moved_by_hand_stops_its_run(h):
+    name = await started(h, stage="3_qa")
+    h.doc.move("1_a", "4_merge", writer="cli-human")
+    await h.settle()
+    assert name not in h.kube.jobs and h.kube.phase(name) == "Lost"
+    # The move fenced the claim: the merge stage is claimed afresh, above the move's epoch.
+    run = h.engine.runs["1_a"]
+    assert run.spec.stage == "4_merge" and run.spec.epoch > h.doc.story("1_a").stage_epoch
+
+
+# ---------------------------------------------------------------------- nobody releases others' claims
+
+async def test_a_dead_nodes_claim_is_not_released_by_a_node_without_room(make_engine):
+    h = make_engine(max_concurrent=1, claim_timeout_seconds=60)
+    await h.engine.start()
+    name = await started(h, "1_mine")
+    await h.engine.on_pod_event("ADDED", h.kube.add_pod(name, status={"phase": "Running"}))
+    peer = Peer(h, "other")
+    h.doc.add_story("2_theirs", stage="2_current")
+    peer.beat()
+    peer.claim("2_theirs")
+    h.mono.advance(3600)
+    await h.engine.resync()
+    await h.settle()
+    story = h.doc.story("2_theirs")
+    assert story.claimed_by == "other" and story.claim.epoch == 1, "left for a node with room to take over"
