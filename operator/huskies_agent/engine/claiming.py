@@ -125,7 +125,7 @@ async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
         if not written:
             return
         if ctx.settings.claim_settle_seconds:
-            await asyncio.sleep(ctx.settings.claim_settle_seconds)
+            await ctx.sleep(ctx.settings.claim_settle_seconds)
         starts = []
         for sid, claim in written.items():
             story = ctx.doc.story(sid)

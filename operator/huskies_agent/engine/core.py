@@ -160,7 +160,7 @@ class Engine:
                 # 429 "storage is (re)initializing", 5xx, a flaky network: try again.
                 delay = backoff.next_delay()
                 log.warning("adoption failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                await self.ctx.sleep(delay)
 
     async def _dispatch_loop(self) -> None:
         ctx = self.ctx
@@ -175,7 +175,7 @@ class Engine:
 
     async def _periodic_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.ctx.settings.resync_interval_seconds)
+            await self.ctx.sleep(self.ctx.settings.resync_interval_seconds)
             try:
                 await self.resync()
             except asyncio.CancelledError:
@@ -185,7 +185,7 @@ class Engine:
 
     async def _presence_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.ctx.settings.presence_interval_seconds)
+            await self.ctx.sleep(self.ctx.settings.presence_interval_seconds)
             self.write_presence()
 
     def write_presence(self) -> None:

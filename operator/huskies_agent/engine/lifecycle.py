@@ -229,7 +229,8 @@ async def record(ctx: Context, spec: objects.RunSpec, storyjob: Mapping[str, Any
         ctx.table.pending.pop(spec.story_id, None)
     words = await _announce(ctx, spec, storyjob, outcome, written)
     if storyjob is not None:
-        await patch_status(ctx, spec.name, {"recorded": True, "reason": words})
+        name = str((storyjob.get("metadata") or {}).get("name") or spec.name)
+        await patch_status(ctx, name, {"recorded": True, "reason": words})
     ctx.mark_dirty([spec.story_id])
     ctx.capacity_changed()
 

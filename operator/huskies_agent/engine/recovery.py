@@ -31,6 +31,10 @@ async def adopt(ctx: Context) -> None:
             continue
         status = sj.get("status") or {}
         phase = Phase.parse(status.get("phase")) or Phase.PENDING
+        if not phase.final and sj["metadata"]["name"] != spec.name:
+            await _hand_off_legacy(ctx, spec, sj, jobs.get(sj["metadata"]["name"]))
+            settled += 1
+            continue
         if phase.final:
             if unrecorded(status) is not None:
                 lifecycle.settle_unrecorded(ctx, spec, sj)
@@ -63,6 +67,20 @@ async def adopt(ctx: Context) -> None:
                                                       "action": "none", "recorded": True,
                                                       "finishedAt": lifecycle.iso(ctx.clock())})
     log.info("adoption: %d runs adopted, %d stale jobs deleted, %d outcomes to record", adopted, deleted, settled)
+
+
+async def _hand_off_legacy(ctx: Context, spec: objects.RunSpec, sj: dict[str, Any],
+                           job: dict[str, Any] | None) -> None:
+    """A run started by a version that named objects differently: the engine cannot follow
+    it under its old name, so it is stopped (the runner checkpoints on SIGTERM) and its
+    claim released, and the story runs again under the current naming."""
+    name = sj["metadata"]["name"]
+    if job is not None:
+        await ctx.kube.delete_job(name)
+    status = {"phase": Phase.RELEASED.value, "reason": "operator upgraded: run handed off", "action": "release",
+              "recorded": False, "finishedAt": lifecycle.iso(ctx.clock())}
+    await lifecycle.patch_status(ctx, name, status)
+    lifecycle.settle_unrecorded(ctx, spec, {**sj, "status": status})
 
 
 async def cleanup_finished(ctx: Context) -> None:

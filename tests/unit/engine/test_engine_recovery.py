@@ -91,3 +91,27 @@ async def test_finished_storyjobs_are_deleted_after_their_ttl(h):
     h.wall.advance(h.engine.ctx.settings.finished_ttl_seconds + 5)
     await h.engine.resync()
     assert name not in h.kube.storyjobs and name not in h.kube.jobs
+
+
+async def test_a_run_named_by_an_earlier_version_is_handed_off_not_run_twice(make_engine):
+    doc, kube = PipelineDoc(), FakeKube()
+    h = make_engine(doc=doc, kube=kube)
+    settings = h.engine.ctx.settings
+    doc.add_story("1_a", stage="2_current")
+    doc.claim("1_a", ME, h.wall())
+    spec = objects.RunSpec("1_a", "2_current", ME, 1)
+    legacy = "story-1-a-b8462741dd-e1"  # story-<slug>-<hash>-e<epoch>, without stage or node
+    body = objects.build_storyjob(settings, spec)
+    body["metadata"]["name"] = legacy
+    sj = kube.put_storyjob(body, status={"phase": "Running"})
+    job = objects.build_job(settings, spec, sj["metadata"]["uid"])
+    job["metadata"]["name"] = legacy
+    kube.put_job(job)
+    await h.engine.start()
+    await h.settle()
+    assert legacy not in kube.jobs
+    status = kube.storyjobs[legacy]["status"]
+    assert status["phase"] == "Released" and status["recorded"] is True
+    # Released, then claimed afresh under the current naming at a new epoch.
+    run = h.engine.runs["1_a"]
+    assert run.spec.epoch == 2 and run.spec.name in kube.jobs
