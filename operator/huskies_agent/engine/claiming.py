@@ -114,7 +114,7 @@ async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
             if (current := ctx.doc.story(s.story_id)) is not None
             and claims.decide(current, me=ctx.me, stories=ctx.doc.stories, is_dead=ctx.is_dead).wants_claim
         ]
-        if not chosen:
+        if not chosen or not ctx.link_ready():  # I4, checked again right before the write
             return
         for s in chosen:
             if s.claimed_by:
