@@ -113,3 +113,25 @@ def test_unrecorded_outcomes_from_storyjob_status():
     assert unrecorded({"phase": "Succeeded"}).action is DocAction.ADVANCE
     assert unrecorded({"phase": "Lost"}).action is DocAction.RELEASE
     assert unrecorded({"phase": "Failed", "action": "bogus", "recorded": False}) is None
+
+
+def test_the_real_clients_offer_every_call_of_the_ports():
+    # mypy checks this where operator_cmd wires them; this keeps it visible next to the fakes.
+    import inspect
+
+    from tests.helpers.fakekube import FakeKube
+
+    from huskies_agent.engine.ports import KubeApi, Replicator
+    from huskies_agent.k8s.api import Kube
+    from huskies_agent.sync.client import RendezvousClient
+
+    for port, impls in ((KubeApi, (Kube, FakeKube)), (Replicator, (RendezvousClient,))):
+        calls = [n for n in vars(port) if not n.startswith("_")]
+        assert calls
+        for impl in impls:
+            for name in calls:
+                assert hasattr(impl, name), (impl, name)
+                if inspect.isfunction(getattr(port, name)):
+                    wanted = list(inspect.signature(getattr(port, name)).parameters)
+                    assert list(inspect.signature(getattr(impl, name)).parameters)[:len(wanted)] == wanted, (
+                        impl, name)
