@@ -44,10 +44,13 @@ class FakeReplicator:
         self.confirms = 0
         self.refuse_confirm = False
         self._callbacks: list[Callable[[bool], None]] = []
+        self._changed = asyncio.Event()
 
     async def wait_synced(self, timeout: float | None = None) -> None:
-        if not self.synced:
-            raise TimeoutError
+        async with asyncio.timeout(timeout):
+            while not self.synced:
+                self._changed = asyncio.Event()
+                await self._changed.wait()
 
     async def confirm(self, timeout: float) -> bool:
         self.confirms += 1
@@ -58,10 +61,17 @@ class FakeReplicator:
         return lambda: self._callbacks.remove(callback)
 
     def set_link(self, connected: bool, synced: bool | None = None) -> None:
+        """Open or end the connection (callbacks fire, as the real client's do, on that edge)."""
         self.connected = connected
         self.synced = connected if synced is None else synced
         for callback in list(self._callbacks):
             callback(connected)
+        self._changed.set()
+
+    def finish_sync(self) -> None:
+        """The open connection's initial sync completes (no callback: the engine waits for it)."""
+        self.synced = True
+        self._changed.set()
 
 
 SETTINGS = Settings(

@@ -283,3 +283,24 @@ async def test_a_dead_nodes_claim_is_not_released_by_a_node_without_room(make_en
     await h.settle()
     story = h.doc.story("2_theirs")
     assert story.claimed_by == "other" and story.claim.epoch == 1, "left for a node with room to take over"
+
+
+async def test_the_link_counts_as_up_only_once_a_new_connection_has_synced(h):
+    import asyncio
+
+    follow = asyncio.create_task(h.engine._link_loop())
+    try:
+        await h.settle()
+        h.sync.set_link(False)
+        h.doc.add_story("1_a", stage="2_current")
+        await h.settle()
+        h.sync.set_link(True, synced=False)  # connected, the initial sync still running
+        await h.settle()
+        assert not h.engine.ctx.link.is_set() and not h.doc.story("1_a").claimed_by
+        assert not h.engine.ctx.liveness.linked
+        h.sync.finish_sync()
+        await h.settle()
+        assert h.engine.ctx.link.is_set() and h.engine.ctx.liveness.linked
+        assert h.doc.story("1_a").claimed_by == h.engine.me, "stories are looked at again once synced"
+    finally:
+        follow.cancel()
