@@ -107,10 +107,6 @@ def test_status_readers():
     target = {"status": {"conditions": [
         {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]}}
     assert objects.pod_was_disrupted(target) == "EvictionByEvictionAPI"
-    pull = {"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}
-    assert objects.pod_stuck_reason(pull)[0] == "image"
-    unsched = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}}
-    assert objects.pod_stuck_reason(unsched)[0] == "unschedulable"
 
 
 def test_settings_env_file_and_errors(tmp_path):

@@ -35,10 +35,25 @@ def finished(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Finis
                     disrupted=disrupted, job_reason=reason, job_message=detail)
 
 
+_PULL_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+_CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+
+
 def stuck(pod: Mapping[str, Any]) -> tuple[StuckKind, str] | None:
-    """Why a pod cannot start, if it cannot."""
-    found = objects.pod_stuck_reason(pod)
-    return None if found is None else (StuckKind(found[0]), found[1])
+    """Why a pod cannot start, if it cannot: the kind and the waiting reason or message."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in _PULL_ERRORS or reason in _CONFIG_ERRORS:
+            kind = StuckKind.IMAGE if reason in _PULL_ERRORS else StuckKind.CONFIG
+            return kind, f"{reason}: {waiting.get('message', '')}".strip(": ")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and (
+            cond.get("reason") == "Unschedulable"
+        ):
+            return StuckKind.UNSCHEDULABLE, str(cond.get("message") or "Unschedulable")
+    return None
 
 
 def stuck_limit(ctx: Context, kind: StuckKind) -> float:

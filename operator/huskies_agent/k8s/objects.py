@@ -314,25 +314,3 @@ def pod_was_disrupted(pod: Mapping[str, Any]) -> str | None:
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
             return str(cond.get("reason") or "DisruptionTarget")
     return None
-
-
-_PULL_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
-_CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
-
-
-def pod_stuck_reason(pod: Mapping[str, Any]) -> tuple[str, str] | None:
-    """``(kind, reason)`` when a pod cannot start: kind is ``image``, ``config`` or ``unschedulable``."""
-    status = pod.get("status") or {}
-    for cs in status.get("containerStatuses") or []:
-        waiting = (cs.get("state") or {}).get("waiting") or {}
-        reason = waiting.get("reason")
-        if reason in _PULL_ERRORS:
-            return "image", f"{reason}: {waiting.get('message', '')}".strip(": ")
-        if reason in _CONFIG_ERRORS:
-            return "config", f"{reason}: {waiting.get('message', '')}".strip(": ")
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and (
-            cond.get("reason") == "Unschedulable"
-        ):
-            return "unschedulable", str(cond.get("message") or "Unschedulable")
-    return None

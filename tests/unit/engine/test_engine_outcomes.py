@@ -135,3 +135,20 @@ def test_the_real_clients_offer_every_call_of_the_ports():
                     wanted = list(inspect.signature(getattr(port, name)).parameters)
                     assert list(inspect.signature(getattr(impl, name)).parameters)[:len(wanted)] == wanted, (
                         impl, name)
+
+
+def test_pods_that_cannot_start_are_classified_by_kind():
+    from huskies_agent.engine.observe import stuck
+
+    def waiting(reason):
+        return {"status": {"containerStatuses": [{"state": {"waiting": {"reason": reason, "message": "m"}}}]}}
+
+    assert stuck(waiting("ImagePullBackOff")) == (StuckKind.IMAGE, "ImagePullBackOff: m")
+    assert stuck(waiting("ErrImageNeverPull"))[0] is StuckKind.IMAGE
+    assert stuck(waiting("CreateContainerConfigError"))[0] is StuckKind.CONFIG
+    unsched = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                          "message": "0/2 nodes"}]}}
+    assert stuck(unsched) == (StuckKind.UNSCHEDULABLE, "0/2 nodes")
+    assert stuck(waiting("ContainerCreating")) is None
+    assert stuck({"status": {"phase": "Running"}}) is None
+    assert stuck({}) is None
