@@ -13,7 +13,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.claims = Counter(
-            "huskies_claims_total", "Claims by outcome (won, lost, unconfirmed, released, taken_over)",
+            "huskies_claims_total",
+            "Claims by outcome (won, lost, unconfirmed: a confirmation retried, released: handed off after a "
+            "disruption, taken_over: from a node silent past the claim timeout)",
             ["outcome"], registry=r)
         self.jobs_created = Counter("huskies_jobs_created_total", "Jobs created for stories", registry=r)
         self.jobs_finished = Counter(

@@ -200,3 +200,20 @@ async def _count_storyjobs(k, n):
 async def _all_phase(k, phase):
     sjs = await k.list_storyjobs("")
     return sjs and all((sj.get("status") or {}).get("phase") == phase for sj in sjs)
+
+
+async def test_deadline_kills_are_counted_and_end_blocked(start_op, namespace_factory, rendezvous, cluster):
+    # Issue 10, finding 7: a run killed at activeDeadlineSeconds is the story's failure.
+    ns = namespace_factory()
+    start_op("overrun", ns, env={"HUSKIES_MAX_RETRIES": "2", "HUSKIES_BUILD_ACTIVE_DEADLINE_SECONDS": "2",
+                                 "HUSKIES_BUILD_POD_ANNOTATIONS": json.dumps({"test.huskies/run-for": "1h"})})
+    async with pipeline(rendezvous) as doc, kube(str(cluster.kubeconfig_path), ns) as k:
+        doc.add_story("10_overruns", stage="2_current")
+        await flush(doc)
+        story = await eventually(lambda: doc.story("10_overruns").blocked and doc.story("10_overruns"), 90,
+                                 what="story blocked after two deadline kills")
+        assert story.retry_count == 2 and "deadline exceeded" in story.last_error
+        sjs = await k.list_storyjobs("")
+        assert phases(sjs) == [("10_overruns", "2_current", "Failed")] * 2
+        assert all("deadline exceeded" in sj["status"]["reason"] for sj in sjs)
+        assert all(sj["status"]["recorded"] is True for sj in sjs)

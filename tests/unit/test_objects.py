@@ -13,15 +13,36 @@ HOSTILE = ["../../x", "$(rm -rf /)", "a" * 300, "478_ünïcode", "UPPER_case", "
 @pytest.mark.parametrize("sid", HOSTILE + ["12_plain"])
 def test_names_and_labels_are_valid_and_distinct(sid):
     for epoch in (1, 12345678):
-        name = naming.storyjob_name(sid, epoch)
+        name = naming.storyjob_name(sid, "2_current", "node-" + "x" * 200, epoch)
         assert len(name) <= 63 and DNS.match(name), name
     value = naming.label_value(sid)
     assert len(value) <= 63 and LABEL.match(value), value
 
 
 def test_ids_that_slug_alike_stay_apart():
-    assert naming.storyjob_name("A_1", 1) != naming.storyjob_name("a-1", 1)
-    assert naming.storyjob_name("a", 1) != naming.storyjob_name("a", 2)
+    assert naming.storyjob_name("A_1", "2_current", "n", 1) != naming.storyjob_name("a-1", "2_current", "n", 1)
+    assert naming.storyjob_name("a", "2_current", "n", 1) != naming.storyjob_name("a", "2_current", "n", 2)
+
+
+def test_names_are_unique_per_install_and_per_stage():
+    # Two installs (node ids) in one namespace, pipelines with the same story ids (finding 5),
+    # and the same epoch reused in another stage (finding 3) never share a name.
+    names = {naming.storyjob_name("12_x", stage, node, 2)
+             for stage in ("2_current", "3_qa", "4_merge") for node in ("install-a", "install-b")}
+    assert len(names) == 6
+    assert all(len(n) <= 63 and DNS.match(n) for n in names)
+
+
+def test_node_selector_narrows_the_instance_selector():
+    s = settings()
+    assert objects.selector_for_node(s, "n1").startswith(objects.selector_for_instance(s) + ",")
+    assert objects.selector_for_node(s, "n1") != objects.selector_for_node(s, "n2")
+
+
+def test_jobs_have_no_ttl_of_their_own():
+    # A finished Job must survive operator downtime (finding 6); it goes with its StoryJob.
+    job = objects.build_job(settings(), objects.RunSpec("1_a", "2_current", "n", 1), "uid")
+    assert "ttlSecondsAfterFinished" not in job["spec"]
 
 
 def settings(**build):
@@ -77,7 +98,7 @@ def test_storyjob_roundtrip_hostile_id():
 def test_status_readers():
     job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
     assert objects.job_condition(job) == "Failed"
-    assert objects.job_failure_reason(job).startswith("BackoffLimitExceeded")
+    assert objects.job_failure(job) == ("BackoffLimitExceeded", "")
     pod = {"status": {"containerStatuses": [{"name": "publish", "state": {"terminated": {
         "exitCode": 0, "message": 'log line\n{"commit": "abc", "pushed": true}'}}}]}}
     code, msg = objects.pod_termination(pod)
@@ -88,10 +109,6 @@ def test_status_readers():
     target = {"status": {"conditions": [
         {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]}}
     assert objects.pod_was_disrupted(target) == "EvictionByEvictionAPI"
-    pull = {"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}
-    assert objects.pod_stuck_reason(pull)[0] == "image"
-    unsched = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}}
-    assert objects.pod_stuck_reason(unsched)[0] == "unschedulable"
 
 
 def test_settings_env_file_and_errors(tmp_path):

@@ -225,12 +225,21 @@ class Kube:
         result: dict[str, Any] = await self.request("POST", self._jobs, body)
         return result
 
+    async def get_job(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"{self._jobs}/{name}")
+        return result
+
     async def list_jobs(self, selector: str) -> list[dict[str, Any]]:
         data = await self.request("GET", self._jobs, params={"labelSelector": selector} if selector else None)
         return list(data.get("items") or [])
 
-    async def delete_job(self, name: str, *, pod_grace_seconds: int = 5) -> bool:
-        """Delete a Job and its pods now; False when it was already gone."""
+    async def delete_job(self, name: str, *, pod_grace_seconds: int | None = None) -> bool:
+        """Delete a Job and its pods now; False when it was already gone.
+
+        The pods keep their own termination grace period unless ``pod_grace_seconds`` says
+        otherwise: the runner's publisher uses it to push a fenced checkpoint of the work in
+        progress (docs/claims.md, I6).
+        """
         gone = False
         try:
             await self.request("DELETE", f"{self._jobs}/{name}", {"propagationPolicy": "Background"})
@@ -238,8 +247,8 @@ class Kube:
             gone = True
         # Do not wait for the garbage collector: stop the pods at once.
         try:
-            await self.request("DELETE", self._pods, {"gracePeriodSeconds": pod_grace_seconds},
-                               params={"labelSelector": f"job-name={name}"})
+            options = {} if pod_grace_seconds is None else {"gracePeriodSeconds": pod_grace_seconds}
+            await self.request("DELETE", self._pods, options, params={"labelSelector": f"job-name={name}"})
         except NotFound:
             pass
         except ApiError as exc:

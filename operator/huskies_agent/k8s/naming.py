@@ -31,17 +31,30 @@ def story_hash(story_id: str) -> str:
     return hashlib.sha256(story_id.encode("utf-8")).hexdigest()[:10]
 
 
-def storyjob_name(story_id: str, epoch: int) -> str:
-    """``story-<slug>-<hash>-e<epoch>``: a DNS-1123 label (<= 63 chars), unique per claim.
+def storyjob_name(story_id: str, stage: str, node: str, epoch: int) -> str:
+    """``story-<slug>-<story hash>-<node hash>-s<stage>-e<epoch>``: a DNS-1123 label (<= 63 chars).
 
-    The hash of the exact id keeps ids that slug alike (``A_1`` and ``a-1``) apart; the
-    epoch makes each claim of a story its own StoryJob (and Job, which gets the same
-    name), so a rerun never collides with the leftovers of an earlier claim.
+    Unique per run: the hash of the exact id keeps ids that slug alike (``A_1`` and
+    ``a-1``) apart; the node hash keeps two installs (two Helm releases in one
+    namespace, with pipelines whose story ids collide) apart; the stage and the epoch
+    make each stage of each claim its own StoryJob (and Job, which gets the same name),
+    so no run ever collides with the leftovers of another.
     """
-    suffix = f"{story_hash(story_id)}-e{epoch}"
+    suffix = f"{story_hash(story_id)}-{node_hash(node)}-s{_stage_tag(stage)}-e{epoch}"
     room = 63 - len("story-") - len(suffix) - 1
-    slug = _NOT_DNS.sub("-", story_id.lower()).strip("-")[: max(0, min(36, room))].strip("-")
+    slug = _NOT_DNS.sub("-", story_id.lower()).strip("-")[: max(0, min(30, room))].strip("-")
     return f"story-{slug}-{suffix}" if slug else f"story-{suffix}"
+
+
+def node_hash(node: str) -> str:
+    """A short digest of a node id (the install's identity) for object names."""
+    return hashlib.sha256(node.encode("utf-8")).hexdigest()[:6]
+
+
+def _stage_tag(stage: str) -> str:
+    """``2`` for ``2_current``; a short digest for anything else."""
+    head = stage.split("_", 1)[0]
+    return head if head.isdigit() and len(head) <= 2 else story_hash(stage)[:4]
 
 
 def label_value(value: str) -> str:

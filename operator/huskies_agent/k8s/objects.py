@@ -29,7 +29,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return naming.storyjob_name(self.story_id, self.epoch)
+        return naming.storyjob_name(self.story_id, self.stage, self.node, self.epoch)
 
 
 def common_labels(settings: Settings, run: RunSpec) -> dict[str, str]:
@@ -54,6 +54,11 @@ def run_annotations(run: RunSpec) -> dict[str, str]:
 
 def selector_for_instance(settings: Settings) -> str:
     return f"app.kubernetes.io/managed-by={naming.APP_NAME},app.kubernetes.io/instance={settings.instance}"
+
+
+def selector_for_node(settings: Settings, node: str) -> str:
+    """The objects of this install's node only (another install may share the namespace)."""
+    return f"{selector_for_instance(settings)},{naming.LABEL_NODE}={naming.label_value(node)}"
 
 
 def build_storyjob(settings: Settings, run: RunSpec) -> dict[str, Any]:
@@ -154,7 +159,9 @@ def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[s
             # Retries are the pipeline's business (retry_count), not the Job controller's.
             "backoffLimit": 0,
             "activeDeadlineSeconds": build.active_deadline_seconds,
-            "ttlSecondsAfterFinished": build.ttl_seconds_after_finished,
+            # No ttlSecondsAfterFinished: a finished Job must outlive any operator downtime
+            # (else adoption cannot tell it ran); it goes with its StoryJob, through the owner
+            # reference, once the StoryJob's recorded outcome is cleaned up.
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": pod_annotations},
                 "spec": pod_spec,
@@ -195,11 +202,12 @@ def job_condition(job: Mapping[str, Any]) -> str | None:
     return None
 
 
-def job_failure_reason(job: Mapping[str, Any]) -> str:
+def job_failure(job: Mapping[str, Any]) -> tuple[str, str]:
+    """Reason (``DeadlineExceeded``, ``BackoffLimitExceeded``...) and message of a failed Job."""
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Failed" and cond.get("status") == "True":
-            return str(cond.get("reason") or "Failed") + (f": {cond['message']}" if cond.get("message") else "")
-    return "Failed"
+            return str(cond.get("reason") or "Failed"), str(cond.get("message") or "")
+    return "Failed", ""
 
 
 def pod_termination(pod: Mapping[str, Any]) -> tuple[int | None, str]:
@@ -234,26 +242,4 @@ def pod_was_disrupted(pod: Mapping[str, Any]) -> str | None:
     for cond in status.get("conditions") or []:
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
             return str(cond.get("reason") or "DisruptionTarget")
-    return None
-
-
-_PULL_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
-_CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
-
-
-def pod_stuck_reason(pod: Mapping[str, Any]) -> tuple[str, str] | None:
-    """``(kind, reason)`` when a pod cannot start: kind is ``image``, ``config`` or ``unschedulable``."""
-    status = pod.get("status") or {}
-    for cs in status.get("containerStatuses") or []:
-        waiting = (cs.get("state") or {}).get("waiting") or {}
-        reason = waiting.get("reason")
-        if reason in _PULL_ERRORS:
-            return "image", f"{reason}: {waiting.get('message', '')}".strip(": ")
-        if reason in _CONFIG_ERRORS:
-            return "config", f"{reason}: {waiting.get('message', '')}".strip(": ")
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and (
-            cond.get("reason") == "Unschedulable"
-        ):
-            return "unschedulable", str(cond.get("message") or "Unschedulable")
     return None

@@ -6,7 +6,7 @@ Layout of the shared document (schema version 1; claim protocol v2, docs/claims.
     items  : Map   story_id -> Map {story_id, name, stage, agent, retry_count,
                                     blocked, depends_on, last_error,      # plain fields
                                     "claim@<node>":  {"epoch", "stage", "held", "at", "fails"},
-                                    "stage@<writer>": {"stage", "epoch"}}
+                                    "stage@<writer>": {"stage", "epoch", "human"?}}
     nodes  : Map   node_id  -> {"node_id", "address", "last_seen", "alive", "capacity", "seq"}
 
 Rules that keep replicas from silently losing data:
@@ -272,7 +272,7 @@ class PipelineDoc:
         if not stages.is_stage(stage):
             raise ValueError(f"unknown stage {stage!r}")
         story = self._require(story_id)
-        move = StageMove(writer or self.human_writer(), stage, story.top_epoch + 1)
+        move = StageMove(writer or self.human_writer(), stage, story.top_epoch + 1, human=True)
         self._item(story_id)[STAGE_PREFIX + move.writer] = move.to_raw()
 
     def set_blocked(
@@ -285,7 +285,7 @@ class PipelineDoc:
         with self.doc.transaction():
             item["blocked"] = blocked
             if reset_retries and story.retry_count > 0:
-                move = StageMove(writer or self.human_writer(), story.stage, story.top_epoch + 1)
+                move = StageMove(writer or self.human_writer(), story.stage, story.top_epoch + 1, human=True)
                 item[STAGE_PREFIX + move.writer] = move.to_raw()
 
     def claim(self, story_id: str, node: str, now: float) -> Claim:

@@ -200,18 +200,27 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class StageMove:
-    """A stage move (``stage@<writer>``): the story is in ``stage`` as of ``epoch``."""
+    """A stage move (``stage@<writer>``): the story is in ``stage`` as of ``epoch``.
+
+    Build nodes write one when a run completes (at the claim's epoch); people write one
+    (``human``) above every epoch they see. A person's move beats a node's at the same
+    epoch, so a claim racing a person's move can never complete over it.
+    """
 
     writer: str
     stage: str
     epoch: int
+    human: bool = False
 
     @property
-    def order(self) -> tuple[int, str]:
-        return self.epoch, self.writer
+    def order(self) -> tuple[int, bool, str]:
+        return self.epoch, self.human, self.writer
 
     def to_raw(self) -> dict[str, Any]:
-        return {"stage": self.stage, "epoch": self.epoch}
+        raw: dict[str, Any] = {"stage": self.stage, "epoch": self.epoch}
+        if self.human:
+            raw["human"] = True
+        return raw
 
     @classmethod
     def from_raw(cls, writer: str, raw: object) -> StageMove:
@@ -222,7 +231,8 @@ class StageMove:
         epoch = as_int(raw.get("epoch"))
         if epoch < 1:
             raise MalformedEntry(f"stage move of {writer!r} has epoch {epoch} (must be 1 or more)")
-        return cls(writer=writer, stage=_as_stage(raw.get("stage"), f"stage move of {writer!r}"), epoch=epoch)
+        return cls(writer=writer, stage=_as_stage(raw.get("stage"), f"stage move of {writer!r}"), epoch=epoch,
+                   human=as_bool(raw.get("human")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,14 +244,16 @@ class Registers:
     top_epoch: int
     claim: Claim | None
     retry_count: int
+    #: Writer of the winning stage move ("" for the author's stage).
+    moved_by: str = ""
 
 
 def resolve(base_stage: str, claims: Iterable[Claim], moves: Iterable[StageMove], *,
             legacy_retries: int = 0) -> Registers:
     """The story's state as a pure function of its entries, the same on every replica.
 
-    * stage: the stage move with the highest ``(epoch, writer)``; the author's plain
-      stage counts as a move at epoch 0 by writer "".
+    * stage: the stage move with the highest ``(epoch, human, writer)``; the author's
+      plain stage counts as a move at epoch 0 by writer "".
     * top_epoch: the highest epoch of any claim or stage move (a new claim takes one more).
     * claim: the entry with the highest ``(epoch, node)``, if it is held, newer than the
       stage move and made for the current stage; otherwise nobody holds the story.
@@ -256,7 +268,7 @@ def resolve(base_stage: str, claims: Iterable[Claim], moves: Iterable[StageMove]
     fails = {epoch for c in claim_list for epoch in c.fails if epoch > move.epoch}
     retries = len(fails) + (max(0, legacy_retries) if move.epoch == 0 else 0)
     return Registers(stage=move.stage, stage_epoch=move.epoch, top_epoch=top,
-                     claim=winner if valid else None, retry_count=retries)
+                     claim=winner if valid else None, retry_count=retries, moved_by=move.writer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +293,8 @@ class Story:
     stage_epoch: int = 0
     #: Every node's claim entry, held or not, ordered by node.
     claims: tuple[Claim, ...] = ()
+    #: Writer of the winning stage move ("" while the author's stage stands).
+    moved_by: str = ""
 
     @property
     def claimed_by(self) -> str:
@@ -336,6 +350,7 @@ def parse_story(key: str, raw: Mapping[str, Any]) -> Story:
         top_epoch=registers.top_epoch,
         stage_epoch=registers.stage_epoch,
         claims=tuple(sorted(entries.values(), key=lambda c: c.node)),
+        moved_by=registers.moved_by,
     )
 
 
