@@ -27,7 +27,7 @@ from huskies_agent.pipeline.model import NodePresence
 
 _PROFILES = {
     # About 90 s on a shared 2-core machine.
-    "default": settings(max_examples=120, stateful_step_count=60, deadline=None, database=None,
+    "default": settings(max_examples=600, stateful_step_count=60, deadline=None, database=None,
                         suppress_health_check=[HealthCheck.too_slow]),
     "long": settings(max_examples=3000, stateful_step_count=150, deadline=None, database=None,
                      suppress_health_check=[HealthCheck.too_slow]),
@@ -96,6 +96,14 @@ class ClaimProtocol(RuleBasedStateMachine):
         self.world.advance(SPREAD + 1)
         for node_id in self.world.nodes:
             self.world.confirm(node_id)
+
+    @rule(n=NODE, rounds=st.integers(1, 3))
+    def partition(self, n: int, rounds: int) -> None:
+        """One node is cut off past the claim timeout while the others go on working."""
+        self.world.cut(self.node(n))
+        self.world.advance(TIMEOUT + 2 * SPREAD)
+        for _ in range(rounds):
+            self.engine_round()
 
     @rule(i=st.integers(0, 15), kind=st.sampled_from(["work", "checkpoint", "ok", "ok", "fail"]))
     def run_event(self, i: int, kind: str) -> None:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import json
+
 import pytest
+from pycrdt import Map
 
 from huskies_agent.pipeline.document import Changes, PipelineDoc, StoryNotFound
 from huskies_agent.pipeline.model import Claim, MalformedEntry, NodePresence, StageMove, resolve
@@ -45,6 +48,9 @@ C, Q, M = "2_current", "3_qa", "4_merge"
     # A person's move at top+1 fences the running claim.
     ([Claim("a", 2, stage=C)], [StageMove("cli-1", C, 3)], C, 3, 3, None),
     ([Claim("a", 4, stage=C)], [StageMove("cli-1", C, 3)], C, 3, 4, ("a", 4)),
+    # A person's move wins a tie with a node's completion at its epoch, however the ids sort.
+    ([Claim("zz", 3, stage=C, held=False)], [StageMove("zz", Q, 3), StageMove("cli-1", M, 3, human=True)],
+     M, 3, 3, None),
 ])
 def test_resolve(claims: list[Claim], moves: list[StageMove], stage: str, stage_epoch: int, top: int,
                  winner: tuple[str, int] | None) -> None:
@@ -156,6 +162,35 @@ def test_unblock_with_reset_voids_the_fails_and_plain_block_fences_nothing() -> 
     d.set_blocked("1_s", True, writer="cli-1")
     d.set_blocked("1_s", False, reset_retries=True, writer="cli-1")  # nothing to reset: no fence
     assert d.story("1_s").claimed_by == "n"
+
+
+def _raw(doc: PipelineDoc, story_id: str) -> dict[str, object]:
+    return json.loads(str(doc.doc.get("items", type=Map)[story_id]))
+
+
+def test_writes_touch_only_the_writers_own_keys() -> None:
+    d = PipelineDoc()
+    d.add_story("1_s", stage="2_current")
+    d.claim("1_s", "other", 0.5)
+    steps = [
+        ("n", lambda: d.claim("1_s", "n", 1.0)),
+        ("n", lambda: d.release("1_s", "n", 2.0)),
+        ("n", lambda: d.claim("1_s", "n", 3.0)),
+        ("n", lambda: d.record_failure("1_s", "n", 3, "2_current", 4.0, reason="x", max_retries=1)),
+        ("n", lambda: d.claim("1_s", "n", 5.0)),
+        ("n", lambda: d.complete("1_s", "n", 4, "2_current", 6.0)),
+        ("cli-9", lambda: d.move("1_s", "2_current", writer="cli-9")),
+        ("cli-9", lambda: d.set_blocked("1_s", False, reset_retries=True, writer="cli-9")),
+    ]
+    plain = {"last_error", "blocked"}
+    for writer, write in steps:
+        before = _raw(d, "1_s")
+        write()
+        after = _raw(d, "1_s")
+        changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+        assert changed and changed <= {f"claim@{writer}", f"stage@{writer}"} | plain, (writer, changed)
+    assert _raw(d, "1_s")["claim@other"] == {"epoch": 1, "stage": "2_current", "held": True, "at": 0.5,
+                                              "fails": []}
 
 
 def test_claim_many_skips_unknown_and_malformed_ids() -> None:

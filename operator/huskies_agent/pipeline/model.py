@@ -248,6 +248,14 @@ class Registers:
     moved_by: str = ""
 
 
+def _move_order(move: StageMove) -> tuple[int, bool, str]:
+    return move.order
+
+
+def _claim_order(claim: Claim) -> tuple[int, str]:
+    return claim.order
+
+
 def resolve(base_stage: str, claims: Iterable[Claim], moves: Iterable[StageMove], *,
             legacy_retries: int = 0) -> Registers:
     """The story's state as a pure function of its entries, the same on every replica.
@@ -261,9 +269,13 @@ def resolve(base_stage: str, claims: Iterable[Claim], moves: Iterable[StageMove]
       ``retry_count`` while no stage move has superseded the author's stage).
     """
     claim_list = list(claims)
-    move = max([StageMove("", base_stage, 0), *moves], key=lambda m: m.order)
+    move_list = list(moves)
+    if not claim_list and not move_list:  # the common case: a story nobody claimed yet
+        return Registers(stage=base_stage, stage_epoch=0, top_epoch=0, claim=None,
+                         retry_count=max(0, legacy_retries))
+    move = max(move_list, key=_move_order) if move_list else StageMove("", base_stage, 0)
     top = max([move.epoch, *(c.epoch for c in claim_list)])
-    winner = max(claim_list, key=lambda c: c.order, default=None)
+    winner = max(claim_list, key=_claim_order, default=None)
     valid = winner is not None and winner.held and winner.epoch > move.epoch and winner.stage == move.stage
     fails = {epoch for c in claim_list for epoch in c.fails if epoch > move.epoch}
     retries = len(fails) + (max(0, legacy_retries) if move.epoch == 0 else 0)
@@ -326,17 +338,18 @@ def parse_story(key: str, raw: Mapping[str, Any]) -> Story:
     entries: dict[str, Claim] = {}
     moves: list[StageMove] = []
     for field_name, value in raw.items():
-        if not isinstance(field_name, str):
-            continue
-        if field_name.startswith(CLAIM_PREFIX):
-            node = field_name[len(CLAIM_PREFIX):]
-            entries[node] = Claim.from_raw(node, value)
-        elif field_name.startswith(STAGE_PREFIX):
-            moves.append(StageMove.from_raw(field_name[len(STAGE_PREFIX):], value))
+        if not isinstance(field_name, str) or "@" not in field_name:
+            continue  # most keys are plain fields: one cheap test each
+        kind, _, owner = field_name.partition("@")
+        if kind == "claim":
+            entries[owner] = Claim.from_raw(owner, value)
+        elif kind == "stage":
+            moves.append(StageMove.from_raw(owner, value))
     legacy = Claim.from_legacy(raw.get(LEGACY_CLAIM_KEY), base)
     if legacy is not None and legacy.node not in entries:
         entries[legacy.node] = legacy
     registers = resolve(base, entries.values(), moves, legacy_retries=as_int(raw.get("retry_count")))
+    ordered = tuple(entries[node] for node in sorted(entries)) if len(entries) > 1 else tuple(entries.values())
     return Story(
         story_id=story_id,
         stage=registers.stage,
@@ -349,7 +362,7 @@ def parse_story(key: str, raw: Mapping[str, Any]) -> Story:
         last_error=as_str(raw.get("last_error")),
         top_epoch=registers.top_epoch,
         stage_epoch=registers.stage_epoch,
-        claims=tuple(sorted(entries.values(), key=lambda c: c.node)),
+        claims=ordered,
         moved_by=registers.moved_by,
     )
 
