@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testbin lint venv run
+.PHONY: test testbin faketime lint venv run
 
 # The venv is (re)installed when pyproject.toml changes.
 $(PY):
@@ -24,7 +24,11 @@ venv: $(STAMP)
 testbin:
 	bash tools/testbin/build.sh
 
-test: venv testbin lint
+# libfaketime (apt package `faketime`) for the clock-skew fault tests; cheap when installed.
+faketime:
+	bash tools/faketime/install.sh >/dev/null
+
+test: venv testbin faketime lint
 	$(VENV)/bin/pytest
 
 lint: venv
