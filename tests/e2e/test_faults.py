@@ -510,9 +510,14 @@ async def test_operator_down_longer_than_the_job_ttl_does_not_rerun_the_claim(
 # ---------------------------------------------------------------------------------- deadline kills
 async def test_deadline_kill_counts_and_blocks_after_max_retries(
         nodes: Nodes, namespace_factory: Callable[[], str], rendezvous: str, storyjob_crd: ControlPlane) -> None:
-    """Finding 7 of issue 10: a run killed at activeDeadlineSeconds is a counted failure."""
+    """Finding 7 of issue 10: a run killed at activeDeadlineSeconds is a counted failure.
+
+    A real runner exits with its TERMINATED code (19) when the deadline's SIGTERM reaches it; the
+    kwok stages give the pod that exit code when the Job controller deletes it.
+    """
     ns = namespace_factory()
-    env = {**run_for("1h"), "HUSKIES_BUILD_ACTIVE_DEADLINE_SECONDS": "3", "HUSKIES_MAX_RETRIES": "2"}
+    env = {**run_for("1h", **{"test.huskies/exit-code-on-delete": "19"}),
+           "HUSKIES_BUILD_ACTIVE_DEADLINE_SECONDS": "3", "HUSKIES_MAX_RETRIES": "2"}
     op = await nodes.start("overrun", ns, rendezvous, env)
     kc = str(storyjob_crd.kubeconfig_path)
     async with pipeline(rendezvous) as doc, kube(kc, ns) as k:
