@@ -111,6 +111,7 @@ class JobRecord:
     state: str = "active"  # active | Complete | Failed
     deleting: bool = False  # deletionTimestamp seen
     gone: bool = False  # no longer listed
+    ttl: int | None = None  # spec.ttlSecondsAfterFinished
 
     @property
     def stage(self) -> str:
@@ -165,7 +166,8 @@ class JobLog:
                 rec = self.jobs.get(uid)
                 if rec is None:
                     rec = self.jobs[uid] = JobRecord(meta["namespace"], meta["name"], uid,
-                                                     dict(meta.get("labels") or {}))
+                                                     dict(meta.get("labels") or {}),
+                                                     ttl=(job.get("spec") or {}).get("ttlSecondsAfterFinished"))
                 for cond in (job.get("status") or {}).get("conditions") or []:
                     if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
                         rec.state = str(cond["type"])
