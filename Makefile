@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testbin claude-cli lint venv run devcluster
+.PHONY: test testbin claude-cli faketime lint venv run devcluster
 
 # The venv is (re)installed when pyproject.toml changes.
 $(PY):
@@ -28,7 +28,11 @@ testbin:
 claude-cli:
 	bash tools/claude-cli/install.sh >/dev/null
 
-test: venv testbin claude-cli lint
+# libfaketime (apt package `faketime`) for the clock-skew fault tests; cheap when installed.
+faketime:
+	bash tools/faketime/install.sh >/dev/null
+
+test: venv testbin claude-cli faketime lint
 	$(VENV)/bin/pytest
 
 # ruff, mypy (strict) and the import contracts of pyproject.toml (docs/architecture.md).
