@@ -28,7 +28,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from huskies_agent_dev.devcluster import ControlPlane
 from tests.e2e.harness import (
     JobLog,
     JobRecord,
@@ -48,6 +47,7 @@ from tests.helpers.tcpproxy import TcpProxy
 
 from huskies_agent.k8s.api import Kube
 from huskies_agent.pipeline.document import PipelineDoc
+from huskies_agent_dev.devcluster import ControlPlane
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 
