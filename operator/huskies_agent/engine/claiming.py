@@ -17,12 +17,6 @@ from huskies_agent.pipeline.model import Claim, Story
 
 log = logging.getLogger("huskies_agent.engine")
 
-#: How long a claimable story waits for each node ranked before this one (work spreading,
-#: docs/claims.md): the best-ranked node with room claims at once, the next one after this
-#: delay if the first did not, and so on.
-SPREAD_DELAY_SECONDS = 1.0
-
-
 def reconcile(ctx: Context, story_ids: Iterable[str]) -> None:
     """React to changed stories: stop lost runs, resume our own claims, claim new work."""
     table = ctx.table
@@ -69,7 +63,7 @@ def _claim_candidates(ctx: Context, candidates: list[Story]) -> None:
         candidates, me=ctx.me, stories=ctx.doc.stories, is_dead=ctx.is_dead,
         capacities={node: p.capacity or 0 for node, p in ctx.doc.nodes.items()},
         busy=table.busy, max_concurrent=ctx.settings.max_concurrent, cooling=table.cooling(now),
-        waited=lambda sid: now - ctx.claimable_since.get(sid, now), spread_delay=SPREAD_DELAY_SECONDS,
+        waited=lambda sid: now - ctx.claimable_since.get(sid, now), spread_delay=ctx.settings.spread_delay_seconds,
     )
     chosen = choice.now
     ids = {s.story_id for s in chosen}
