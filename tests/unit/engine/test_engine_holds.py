@@ -145,3 +145,23 @@ async def test_the_streak_of_a_story_that_is_gone_is_forgotten(make_engine):
     h.doc.remove_story("1_a")
     await h.engine.resync()
     assert h.engine.ctx.node.uncounted == {}
+
+
+def test_node_state_holds_as_a_table():
+    from huskies_agent.contract import NodeHold
+    from huskies_agent.engine.holds import NodeState, Pause
+
+    state = NodeState(auth_pause_seconds=100)
+    state.backoff.rand = lambda: 1.0  # the top of each jittered range: 30, 60, 120...
+    assert state.hold(NodeHold.NONE, 0) == 0 and state.paused(0) is None
+    assert state.hold(NodeHold.BACKOFF, 0) == 30
+    assert state.hold(NodeHold.BACKOFF, 0) == 60
+    assert state.paused(10) == (Pause.AGENT_UNAVAILABLE, 50)
+    assert state.hold(NodeHold.CREDENTIALS, 0) == 100
+    assert state.paused(10) == (Pause.AGENT_AUTH, 90)  # the longest hold is the one in force
+    assert state.paused(70) == (Pause.AGENT_AUTH, 30)
+    assert state.paused(100) is None
+    state.hold(NodeHold.BACKOFF, 0)
+    state.succeeded()
+    assert state.paused(0) is None and state.backoff.failures == 0
+    assert state.hold(NodeHold.BACKOFF, 0) == 30
