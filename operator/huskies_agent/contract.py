@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -38,6 +39,74 @@ class ExitCode(enum.IntEnum):
     AGENT_UNAVAILABLE = 21
     #: The agent reached its budget (--max-budget-usd): counted like a failure.
     AGENT_BUDGET = 22
+
+
+class Action(enum.Enum):
+    """What a finished run means for its story."""
+
+    #: The stage is done: move the story on.
+    ADVANCE = "advance"
+    #: The story's failure: count it (``max_retries`` of them block the story).
+    COUNT = "count"
+    #: Not the story's failure: release the claim without counting; any node may retry.
+    RELEASE = "release"
+
+
+class NodeHold(enum.Enum):
+    """Whether the node that ran it stops claiming for a while after such a run."""
+
+    NONE = "none"
+    #: The model API is rate limited or overloaded: claim again after a backoff.
+    BACKOFF = "backoff"
+    #: The API key is refused: every story would fail the same way; pause claiming
+    #: (``agent_auth_pause_seconds``) and say so in presence.
+    CREDENTIALS = "credentials"
+
+
+@dataclass(frozen=True)
+class Disposition:
+    action: Action
+    hold: NodeHold
+    #: Short reason for the StoryJob status and Event (the runner's error adds the details).
+    reason: str
+    #: The StoryJob phase this maps to.
+    phase: str
+
+
+_COUNTED = "Failed"
+
+#: What the operator does with a run that ended with each exit code. The same table is in
+#: ``docs/runner.md`` ("Agent outcomes"); a test keeps them in step.
+DISPOSITIONS: dict[ExitCode, Disposition] = {
+    ExitCode.OK: Disposition(Action.ADVANCE, NodeHold.NONE, "completed", "Succeeded"),
+    ExitCode.INTERNAL: Disposition(Action.COUNT, NodeHold.NONE, "runner error", _COUNTED),
+    ExitCode.INVALID_INPUT: Disposition(Action.COUNT, NodeHold.NONE, "invalid input", _COUNTED),
+    ExitCode.STORY_NOT_FOUND: Disposition(Action.COUNT, NodeHold.NONE, "story file not found", _COUNTED),
+    ExitCode.REMOTE_FAILED: Disposition(Action.COUNT, NodeHold.NONE, "git remote failed", _COUNTED),
+    ExitCode.PUSH_REJECTED: Disposition(Action.COUNT, NodeHold.NONE, "push rejected", _COUNTED),
+    ExitCode.FENCED: Disposition(Action.RELEASE, NodeHold.NONE, "push fenced by a newer claim", "Lost"),
+    ExitCode.AGENT_TIMEOUT: Disposition(Action.COUNT, NodeHold.NONE, "agent timed out", _COUNTED),
+    ExitCode.AGENT_FAILED: Disposition(Action.COUNT, NodeHold.NONE, "agent failed", _COUNTED),
+    ExitCode.NO_CHANGES: Disposition(Action.COUNT, NodeHold.NONE, "no changes", _COUNTED),
+    ExitCode.GIT_FAILED: Disposition(Action.COUNT, NodeHold.NONE, "local git failed", _COUNTED),
+    ExitCode.TERMINATED: Disposition(Action.RELEASE, NodeHold.NONE, "runner terminated", "Released"),
+    ExitCode.AGENT_AUTH: Disposition(Action.RELEASE, NodeHold.CREDENTIALS, "model API refused the key", "Released"),
+    ExitCode.AGENT_UNAVAILABLE: Disposition(Action.RELEASE, NodeHold.BACKOFF, "model API unavailable", "Released"),
+    ExitCode.AGENT_BUDGET: Disposition(Action.COUNT, NodeHold.NONE, "budget reached", _COUNTED),
+}
+
+#: No termination message (OOM kill, SIGKILL after the grace period) or a code the table lacks.
+UNKNOWN_DISPOSITION = Disposition(Action.COUNT, NodeHold.NONE, "runner ended without a result", _COUNTED)
+
+
+def disposition(exit_code: int | None) -> Disposition:
+    """What to do with a run that ended with ``exit_code`` (pure)."""
+    if exit_code is None:
+        return UNKNOWN_DISPOSITION
+    try:
+        return DISPOSITIONS[ExitCode(exit_code)]
+    except ValueError:
+        return UNKNOWN_DISPOSITION
 
 
 class Phase(enum.Enum):

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+TURN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
 class Metrics:
@@ -42,6 +43,19 @@ class Metrics:
         self.job_duration = Histogram(
             "huskies_job_duration_seconds", "Story Job run time", ["result"], buckets=DURATION_BUCKETS,
             registry=r)
+        self.agent_cost = Counter(
+            "huskies_agent_cost_usd", "What finished runs cost (the runner's cost_usd), by story stage",
+            ["stage"], registry=r)
+        self.agent_turns = Histogram(
+            "huskies_agent_turns", "Agent turns of finished runs, by story stage", ["stage"],
+            buckets=TURN_BUCKETS, registry=r)
+        self.bad_costs = Counter(
+            "huskies_agent_bad_cost_results", "Run results whose cost_usd was not a finite number >= 0 (ignored)",
+            registry=r)
+        self.claiming_paused = Gauge(
+            "huskies_agent_claiming_paused",
+            "1 while this node claims nothing, by reason (agent-auth, agent-unavailable, daily-budget)",
+            ["reason"], registry=r)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from huskies_agent.contract import DEFAULT_CHECKPOINT_INTERVAL_SECONDS
+
 ENV_PREFIX = "HUSKIES_"
 
 
@@ -48,7 +50,8 @@ class BuildPodSettings:
     affinity: Mapping[str, Any] = field(default_factory=dict)
     priority_class_name: str = ""
     active_deadline_seconds: int = 3 * 3600
-    ttl_seconds_after_finished: int = 3600
+    #: How often the run snapshots and pushes (fenced) its work in progress while the agent runs.
+    checkpoint_interval_seconds: float = DEFAULT_CHECKPOINT_INTERVAL_SECONDS
     extra_env: tuple[Mapping[str, Any], ...] = ()
     extra_volumes: tuple[Mapping[str, Any], ...] = ()
     extra_volume_mounts: tuple[Mapping[str, Any], ...] = ()
@@ -91,6 +94,10 @@ class Settings:
     claim_timeout_seconds: float = 600.0
     max_concurrent: int = 4
     max_retries: int = 3
+    #: How long a claimable story waits for each node ranked before this one (work spreading).
+    spread_delay_seconds: float = 1.0
+    #: After a run's model API refused the key, this node claims nothing for this long.
+    agent_auth_pause_seconds: float = 900.0
     #: Spend of this node's finished runs per UTC day after which it stops claiming (0: no daily limit).
     daily_budget_usd: float = 0.0
     resync_interval_seconds: float = 30.0
@@ -162,6 +169,7 @@ class Settings:
             "claim_timeout_seconds", "resync_interval_seconds", "confirm_timeout_seconds",
             "finished_ttl_seconds", "no_pod_timeout_seconds", "image_pull_timeout_seconds",
             "pending_timeout_seconds", "reconnect_min_seconds", "reconnect_max_seconds",
+            "agent_auth_pause_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -176,6 +184,11 @@ class Settings:
             raise SettingsError(lease_margin_error)
         if self.claim_settle_seconds < 0:
             raise SettingsError("claim_settle_seconds: must be 0 or more")
+        if not 0 <= self.spread_delay_seconds < float("inf"):
+            raise SettingsError(f"spread_delay_seconds: must be 0 or more, got {self.spread_delay_seconds}")
+        if not 0 < self.build.checkpoint_interval_seconds < float("inf"):
+            raise SettingsError("build.checkpoint_interval_seconds: must be greater than 0, got "
+                                f"{self.build.checkpoint_interval_seconds}")
         if not 0 < self.build.max_budget_usd < float("inf"):
             raise SettingsError(
                 f"build.max_budget_usd: must be a positive number of USD per run, got {self.build.max_budget_usd} "
@@ -205,6 +218,11 @@ LEASE_JITTER_FACTOR = 1.2
 
 #: Settings that were renamed: the error for the old name says the new one.
 RENAMED = {"lease_renew_seconds": "lease_retry_period_seconds (and see lease_renew_deadline_seconds)"}
+
+#: Settings that were removed: the error for them says why (full dotted names).
+REMOVED = {
+    "build.ttl_seconds_after_finished": "finished Jobs are deleted with their StoryJob after finished_ttl_seconds",
+}
 
 
 def check_lease_margins(duration: float, renew_deadline: float, retry_period: float) -> str:
@@ -237,8 +255,8 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
             continue
         name = key[len(ENV_PREFIX):].lower()
         field_name = name[len("build_"):]
-        if name.startswith("build_") and field_name in build_hints:
-            build[field_name] = _env_value(value, build_hints[field_name])
+        if name.startswith("build_") and (field_name in build_hints or "build." + field_name in REMOVED):
+            build[field_name] = _env_value(value, build_hints.get(field_name, str))
         elif name == "rendezvous_token_file" or name in RENAMED:
             out[name] = value
         elif name in top_hints and name != "build":
@@ -271,6 +289,10 @@ def _build(cls: type[T], raw: Mapping[str, Any], prefix: str) -> T:
     renamed = sorted(u for u in unknown if not prefix and u in RENAMED)
     if renamed:
         raise SettingsError("; ".join(f"{u} was renamed: use {RENAMED[u]}" for u in renamed))
+    removed = sorted(prefix + u for u in unknown if prefix + u in REMOVED)
+    if removed:
+        raise SettingsError("; ".join(f"{u} was removed ({REMOVED[u]}): delete it from the configuration"
+                                      for u in removed))
     if unknown:
         raise SettingsError(f"unknown setting(s): {', '.join(sorted(prefix + u for u in unknown))}")
     kwargs: dict[str, Any] = {}

@@ -481,8 +481,11 @@ async def test_operator_down_longer_than_the_job_ttl_does_not_rerun_the_claim(
         nodes: Nodes, namespace_factory: Callable[[], str], rendezvous: str, storyjob_crd: ControlPlane) -> None:
     """Finding 6 of issue 10: a finished claim's outcome survives the Job's TTL and a restart."""
     ns = namespace_factory()
+    # The operator sets no ttlSecondsAfterFinished any more (build.ttl_seconds_after_finished was
+    # removed): the finished Job lives until its StoryJob is cleaned up. The test still stays down
+    # for longer than the TTL the old default gave a test Job.
     ttl = 2
-    env = {**run_for("4s"), "HUSKIES_BUILD_TTL_SECONDS_AFTER_FINISHED": str(ttl)}
+    env = {**run_for("4s")}
     op = await nodes.start("phoenix-ttl", ns, rendezvous, env)
     kc = str(storyjob_crd.kubeconfig_path)
     async with pipeline(rendezvous) as doc, kube(kc, ns) as k, JobLog([k], interval=0.1) as jobs:

@@ -124,3 +124,10 @@ def test_the_result_is_read_from_the_publisher_not_the_agent(agent_says: str) ->
     code, message = objects.pod_termination(pod)
     assert code == contract.ExitCode.FENCED
     assert objects.parse_result(message) == {"exit_code": 14, "pushed": False}
+
+
+def test_the_checkpoint_interval_setting_reaches_the_publisher_and_the_agent() -> None:
+    containers = by_name(pod_of(checkpoint_interval_seconds=90.0))
+    for name in (contract.AGENT_CONTAINER, contract.PUBLISH_CONTAINER):
+        env = {e["name"]: e.get("value") for e in containers[name].get("env", [])}
+        assert env[contract.ENV_CHECKPOINT_INTERVAL] == "90", name

@@ -134,7 +134,7 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
   "affinity" ($b.affinity | default dict)
   "priority_class_name" $b.priorityClassName
   "active_deadline_seconds" $b.activeDeadlineSeconds
-  "ttl_seconds_after_finished" $b.ttlSecondsAfterFinished
+  "checkpoint_interval_seconds" $b.checkpointIntervalSeconds
   "extra_env" ($b.extraEnv | default list)
   "extra_volumes" ($b.extraVolumes | default list)
   "extra_volume_mounts" ($b.extraVolumeMounts | default list)
@@ -160,6 +160,8 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
   "max_concurrent" .Values.maxConcurrent
   "daily_budget_usd" .Values.dailyBudgetUsd
   "max_retries" .Values.maxRetries
+  "spread_delay_seconds" .Values.spreadDelaySeconds
+  "agent_auth_pause_seconds" .Values.agentAuthPauseSeconds
   "resync_interval_seconds" .Values.resyncIntervalSeconds
   "confirm_timeout_seconds" .Values.confirmTimeoutSeconds
   "claim_settle_seconds" .Values.claimSettleSeconds

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from huskies_agent import claims
 from huskies_agent.backoff import Backoff
-from huskies_agent.engine import lifecycle
+from huskies_agent.engine import lifecycle, node
 from huskies_agent.engine.context import Context
 from huskies_agent.engine.outcomes import ClaimLost, decide
 from huskies_agent.k8s import objects
@@ -16,12 +16,6 @@ from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.model import Claim, Story
 
 log = logging.getLogger("huskies_agent.engine")
-
-#: How long a claimable story waits for each node ranked before this one (work spreading,
-#: docs/claims.md): the best-ranked node with room claims at once, the next one after this
-#: delay if the first did not, and so on.
-SPREAD_DELAY_SECONDS = 1.0
-
 
 def reconcile(ctx: Context, story_ids: Iterable[str]) -> None:
     """React to changed stories: stop lost runs, resume our own claims, claim new work."""
@@ -62,14 +56,23 @@ def _claim_candidates(ctx: Context, candidates: list[Story]) -> None:
     if not ctx.link_ready():
         # I4: no claim writes while cut off; the link coming back re-checks every story.
         return
+    pause = node.claim_pause(ctx)
+    if pause is not None:
+        # A node-level hold (refused key, unavailable model API, daily budget): claim
+        # nothing; look again when the hold ends, or when room or spend changes.
+        ids = {s.story_id for s in candidates if stages.is_active(s.stage) and not s.blocked}
+        ctx.waiting.update(ids)
+        if pause[1] is not None:
+            _recheck_later(ctx, ids, pause[1])
+        return
     now = ctx.mono()
     for story in candidates:
         ctx.claimable_since.setdefault(story.story_id, now)
     choice = claims.choose_claims(
         candidates, me=ctx.me, stories=ctx.doc.stories, is_dead=ctx.is_dead,
         capacities={node: p.capacity or 0 for node, p in ctx.doc.nodes.items()},
-        busy=table.busy, max_concurrent=ctx.settings.max_concurrent, cooling=table.cooling(now),
-        waited=lambda sid: now - ctx.claimable_since.get(sid, now), spread_delay=SPREAD_DELAY_SECONDS,
+        busy=table.busy, max_concurrent=table.busy + node.budget_room(ctx), cooling=table.cooling(now),
+        waited=lambda sid: now - ctx.claimable_since.get(sid, now), spread_delay=ctx.settings.spread_delay_seconds,
     )
     chosen = choice.now
     ids = {s.story_id for s in chosen}
@@ -140,6 +143,7 @@ async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
         await asyncio.gather(*(lifecycle.start_run(ctx, spec, seen) for spec in starts))
     finally:
         ctx.table.claiming.difference_update(ids)
+    node.claim_pause(ctx)  # what is in flight changed: the daily budget may be reached now
     ctx.capacity_changed()
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from huskies_agent import claims
+from huskies_agent.engine.holds import NodeState
 from huskies_agent.engine.ports import KubeApi, Monotonic, Replicator, WallClock
 from huskies_agent.engine.runs import RunTable
 from huskies_agent.k8s import objects
@@ -51,6 +52,8 @@ class Context:
     #: Stories left for a better-ranked node, and when they are looked at again.
     spreading: set[str] = field(default_factory=set)
     recheck_at: float | None = None
+    #: Node-level holds on claiming and the daily spend ledger.
+    node: NodeState = field(default_factory=NodeState)
     # Creating Jobs is the latency that matters; status patches and Events queue behind it.
     create_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
     followup_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))

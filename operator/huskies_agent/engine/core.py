@@ -19,15 +19,16 @@ from typing import Any
 
 from huskies_agent import claims
 from huskies_agent.backoff import Backoff
-from huskies_agent.engine import claiming, observe, recovery
+from huskies_agent.engine import claiming, node, observe, recovery
 from huskies_agent.engine.context import Context
+from huskies_agent.engine.holds import NodeState
 from huskies_agent.engine.phases import Phase
 from huskies_agent.engine.ports import KubeApi, Monotonic, Replicator, WallClock
 from huskies_agent.engine.runs import Run
 from huskies_agent.metrics import Metrics
 from huskies_agent.pipeline.document import Changes, PipelineDoc
-from huskies_agent.pipeline.model import NodePresence
 from huskies_agent.settings import Settings
+from huskies_agent.spend import SpendLedger
 
 log = logging.getLogger("huskies_agent.engine")
 
@@ -47,7 +48,9 @@ class Engine:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.ctx = Context(settings, kube, doc, sync, node_id, metrics, clock=clock, mono=monotonic, sleep=sleep,
-                           liveness=claims.Liveness(settings.claim_timeout_seconds))
+                           liveness=claims.Liveness(settings.claim_timeout_seconds),
+                           node=NodeState(SpendLedger(settings.daily_budget_usd),
+                                          auth_pause_seconds=settings.agent_auth_pause_seconds))
         self.active = False
         #: Set once adoption is done and the engine reacts to changes.
         self.activated = asyncio.Event()
@@ -189,12 +192,7 @@ class Engine:
             self.write_presence()
 
     def write_presence(self) -> None:
-        ctx = self.ctx
-        ctx.doc.put_presence(NodePresence(
-            node_id=self.me, last_seen=ctx.clock(), alive=True,
-            address=ctx.settings.advertise_address, capacity=ctx.free,
-            extra={"cluster": ctx.settings.cluster_name, "running": len(ctx.table.runs)},
-        ))
+        node.write_presence(self.ctx)
 
     # ------------------------------------------------------------------ entry points
     def reconcile(self, story_ids: Iterable[str]) -> None:
@@ -209,6 +207,8 @@ class Engine:
         ctx.metrics.doc_malformed.set(len(ctx.doc.malformed))
         ctx.metrics.doc_bytes.set(len(ctx.doc.encode_update()))
         ctx.table.prune(ctx.mono())
+        ctx.node.uncounted = {sid: n for sid, n in ctx.node.uncounted.items()
+                              if (story := ctx.doc.story(sid)) is not None and not story.blocked}
         ctx.claimable_since = {sid: t for sid, t in ctx.claimable_since.items()
                                if (story := ctx.doc.story(sid)) is not None and story.claim is None}
         ctx.mark_dirty(ctx.doc.stories)
@@ -216,6 +216,7 @@ class Engine:
         await observe.check_jobs(ctx)
         await observe.check_stuck(ctx)
         await recovery.cleanup_finished(ctx)
+        node.claim_pause(ctx)  # keeps the pause gauges and presence current (a new UTC day...)
         phases = ctx.table.count_by_phase()
         for phase in (Phase.PENDING, Phase.RUNNING):
             ctx.metrics.storyjobs.labels(phase.value).set(phases.get(phase, 0))

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from huskies_agent.backoff import Backoff
+from huskies_agent.engine import node
 from huskies_agent.engine.context import Context
 from huskies_agent.engine.outcomes import (
     DocAction,
@@ -176,6 +177,7 @@ async def end_run(ctx: Context, run: Run, outcome: Outcome, *, seen: float | Non
             label = outcome.phase.value.lower()
             ctx.metrics.jobs_finished.labels(label).inc()
             ctx.metrics.job_duration.labels(label).observe(ctx.mono() - run.started)
+        outcome = node.note_ending(ctx, run.spec, outcome)
         table.cool(sid, ctx.mono(), outcome.cooldown)
         table.runs.pop(sid, None)
         if outcome.action is not DocAction.NONE:
@@ -232,6 +234,7 @@ async def record(ctx: Context, spec: objects.RunSpec, storyjob: Mapping[str, Any
         name = str((storyjob.get("metadata") or {}).get("name") or spec.name)
         await patch_status(ctx, name, {"recorded": True, "reason": words})
     ctx.mark_dirty([spec.story_id])
+    node.claim_pause(ctx)  # spend and what is in flight changed: the pause state may have too
     ctx.capacity_changed()
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from huskies_agent.contract import ExitCode
+from huskies_agent.contract import Action, ExitCode, NodeHold, disposition
 from huskies_agent.engine.phases import Phase, StuckKind
 
 #: Job condition reason of a Job killed at ``activeDeadlineSeconds``.
@@ -118,6 +118,9 @@ class Outcome:
     delete_job: bool = False
     #: Extra StoryJob status fields (the runner's result).
     status: Mapping[str, Any] = field(default_factory=dict)
+    #: Whether this node stops claiming for a while (the model API refused the key or
+    #: is unavailable: every story would end the same way here).
+    hold: NodeHold = NodeHold.NONE
 
 
 def decide(obs: Observation, *, timeouts: Timeouts = Timeouts()) -> Outcome:
@@ -166,10 +169,46 @@ def _finished(obs: Finished) -> Outcome:
         why = obs.disrupted or "runner terminated"
         return Outcome(Phase.RELEASED, f"disrupted ({why}); released", DocAction.RELEASE, "Disrupted",
                        status=status)
+    if obs.exit_code is not None and obs.exit_code in AGENT_EVENTS:
+        return _agent_ending(ExitCode(obs.exit_code), str(obs.result.get("error") or ""), status)
     why = str(obs.result.get("error") or "") or _job_failure(obs)
     if obs.exit_code is not None:
         why = f"exit code {obs.exit_code}: {why}"
     return Outcome(Phase.FAILED, why, DocAction.COUNT_FAILURE, "Failed", counted=True, status=status)
+
+
+#: Exit codes about the model API or the agent's budget, and the Event each posts.
+AGENT_EVENTS: Mapping[int, str] = {
+    ExitCode.AGENT_AUTH: "AgentAuthFailed",
+    ExitCode.AGENT_UNAVAILABLE: "AgentUnavailable",
+    ExitCode.AGENT_BUDGET: "BudgetReached",
+}
+
+
+def _agent_ending(code: ExitCode, error: str, status: Mapping[str, Any]) -> Outcome:
+    """The shared table (``contract.DISPOSITIONS``) decides counted or released and the node hold."""
+    rule = disposition(code)
+    why = f"exit code {int(code)}: {rule.reason}" + (f": {error}" if error else "")
+    if rule.action is Action.COUNT:
+        return Outcome(Phase.FAILED, why, DocAction.COUNT_FAILURE, AGENT_EVENTS[code], counted=True, status=status)
+    return Outcome(Phase.RELEASED, f"{why}; claim released, not counted", DocAction.RELEASE, AGENT_EVENTS[code],
+                   status=status, hold=rule.hold)
+
+
+def escalate(outcome: Outcome, streak: int, max_retries: int) -> Outcome:
+    """Count an uncounted, node-holding ending after ``max_retries`` of them in a row.
+
+    The exit codes that release without counting (and pause the node) are reported by
+    the run's own container, which the story's agent may influence: after
+    ``max_retries`` such endings of one story in a row on this node, the next one is
+    counted like a failure and does not hold the node, so a hostile story can neither
+    retry forever nor keep pausing nodes. ``streak`` is how many came before this one.
+    """
+    if outcome.hold is NodeHold.NONE or outcome.action is not DocAction.RELEASE or streak < max_retries:
+        return outcome
+    return replace(outcome, phase=Phase.FAILED, action=DocAction.COUNT_FAILURE, counted=True, hold=NodeHold.NONE,
+                   reason=outcome.reason.replace("; claim released, not counted", "")
+                   + f"; counted: the story ended uncounted this way {streak} times in a row on this node")
 
 
 def _job_failure(obs: Finished) -> str:

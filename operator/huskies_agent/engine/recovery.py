@@ -8,13 +8,15 @@ import time
 from typing import Any
 
 from huskies_agent import claims
-from huskies_agent.engine import lifecycle, observe
+from huskies_agent.engine import lifecycle, node, observe
 from huskies_agent.engine.context import Context
+from huskies_agent.engine.holds import utc
 from huskies_agent.engine.outcomes import JobGone, decide, unrecorded
 from huskies_agent.engine.phases import Phase
 from huskies_agent.engine.runs import Run
 from huskies_agent.k8s import objects
 from huskies_agent.k8s.api import ApiException, is_not_found
+from huskies_agent.spend import SpendLedger, day_end
 
 log = logging.getLogger("huskies_agent.engine")
 
@@ -24,6 +26,7 @@ async def adopt(ctx: Context) -> None:
     finish recording outcomes whose document write was never confirmed."""
     storyjobs = await ctx.kube.list_storyjobs(ctx.selector)
     jobs = {j["metadata"]["name"]: j for j in await ctx.kube.list_jobs(ctx.selector)}
+    rebuild_ledger(ctx, storyjobs)
     adopted = deleted = settled = 0
     for sj in storyjobs:
         spec = objects.run_spec_from_object(sj)
@@ -69,6 +72,24 @@ async def adopt(ctx: Context) -> None:
     log.info("adoption: %d runs adopted, %d stale jobs deleted, %d outcomes to record", adopted, deleted, settled)
 
 
+def rebuild_ledger(ctx: Context, storyjobs: list[dict[str, Any]]) -> None:
+    """The spend ledger after a restart: each finished StoryJob's cost at its ``finishedAt``.
+
+    Built afresh from the listing (no await in between), so a retried adoption never
+    counts a run twice; runs that end later are recorded as they end.
+    """
+    ctx.node.ledger = SpendLedger(ctx.settings.daily_budget_usd)
+    for sj in storyjobs:
+        spec = objects.run_spec_from_object(sj)
+        status = sj.get("status") or {}
+        phase = Phase.parse(status.get("phase"))
+        result = status.get("result")
+        if spec is None or spec.node != ctx.me or phase is None or not phase.final or not isinstance(result, dict):
+            continue
+        finished = parse_iso(status.get("finishedAt"))
+        node.record_cost(ctx, spec.stage, result, ctx.clock() if finished is None else finished, count=False)
+
+
 async def _hand_off_legacy(ctx: Context, spec: objects.RunSpec, sj: dict[str, Any],
                            job: dict[str, Any] | None) -> None:
     """A run started by a version that named objects differently: the engine cannot follow
@@ -97,6 +118,8 @@ async def cleanup_finished(ctx: Context) -> None:
         if phase is None or not phase.final or unrecorded(status) is not None:
             continue  # an unrecorded outcome is kept until the document has it
         finished = parse_iso(status.get("finishedAt"))
+        if finished is not None and ctx.node.ledger.limited and now < day_end(utc(finished)).timestamp():
+            continue  # its cost counts towards today's budget after a restart: keep it until the day ends
         if finished is not None and now - finished > ctx.settings.finished_ttl_seconds:
             try:
                 await ctx.kube.delete_storyjob(sj["metadata"]["name"])

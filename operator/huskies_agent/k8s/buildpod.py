@@ -135,9 +135,11 @@ def _container(name: str, build: BuildPodSettings, phase: contract.Phase, args: 
 
 
 def containers(build: BuildPodSettings, args: list[str], agent_resources: dict[str, Any],
-               checkpoint_interval: float = contract.DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
+               checkpoint_interval: float | None = None,
                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(initContainers, containers)`` of the story pod."""
+    if checkpoint_interval is None:
+        checkpoint_interval = build.checkpoint_interval_seconds
     genv = git_env(build, checkpoint_interval)
     clone = _container(contract.CLONE_CONTAINER, build, contract.Phase.CLONE, args, contract.GIT_UID, genv,
                        _git_mounts(build, workspace_read_only=False), GIT_RESOURCES)

@@ -111,7 +111,8 @@ def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[s
         resources["requests"] = {k: str(v) for k, v in build.requests.items()}
     if build.limits:
         resources["limits"] = {k: str(v) for k, v in build.limits.items()}
-    init_containers, containers = buildpod.containers(build, runner_args(settings, run), resources)
+    init_containers, containers = buildpod.containers(
+        build, runner_args(settings, run), resources, build.checkpoint_interval_seconds)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "initContainers": init_containers,

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from tests.helpers.docpeer import Peer
 
 from huskies_agent import claims
-from huskies_agent.engine.claiming import SPREAD_DELAY_SECONDS
 
 
 async def test_a_silent_holder_is_taken_over_after_the_claim_timeout_with_a_higher_epoch(make_engine):
@@ -98,8 +98,9 @@ async def test_stories_another_node_ranks_first_for_are_left_to_it_first(make_en
     assert not h.doc.story(theirs).claimed_by, "the better-ranked node gets the first chance"
 
 
-async def test_a_story_the_better_ranked_node_does_not_take_is_claimed_after_the_spread_delay(make_engine):
-    h = make_engine(max_concurrent=4)
+@pytest.mark.parametrize("spread", [1.0, 7.5])
+async def test_a_story_the_better_ranked_node_does_not_take_is_claimed_after_the_spread_delay(make_engine, spread):
+    h = make_engine(max_concurrent=4, spread_delay_seconds=spread)
     await h.engine.start()
     peer = Peer(h, "other")
     peer.beat(capacity=4)
@@ -108,7 +109,7 @@ async def test_a_story_the_better_ranked_node_does_not_take_is_claimed_after_the
     before = h.mono()
     await h.settle()  # the re-check timer (fake sleep) moves the clock by the spread delay
     assert h.doc.story(theirs).claimed_by == h.engine.me
-    assert h.mono() - before >= SPREAD_DELAY_SECONDS
+    assert h.mono() - before >= spread
 
 
 async def _never(seconds: float) -> None:

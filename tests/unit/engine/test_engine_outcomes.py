@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from huskies_agent.contract import NodeHold
 from huskies_agent.engine.outcomes import (
+    AGENT_EVENTS,
     ClaimLost,
     Disrupted,
     DocAction,
@@ -17,6 +19,7 @@ from huskies_agent.engine.outcomes import (
     Written,
     decide,
     describe,
+    escalate,
 )
 from huskies_agent.engine.phases import Phase, StuckKind
 from huskies_agent.runner.result import ExitCode
@@ -53,6 +56,16 @@ TABLE: list[tuple[Observation, Phase, DocAction, str, bool, bool, float]] = [
     (Disrupted("Evicted"), Phase.RELEASED, DocAction.RELEASE, "Disrupted", False, True, 0),
     (StartFailed("quota", client_error=True), Phase.FAILED, DocAction.RELEASE, "Failed", False, False, 900),
     (StartFailed("timeout"), Phase.FAILED, DocAction.RELEASE, "Failed", False, False, 30),
+    # The model API refused the key or was unavailable: not the story's failure (the node holds).
+    (Finished(False, ExitCode.AGENT_AUTH, {"error": "401"}), Phase.RELEASED, DocAction.RELEASE, "AgentAuthFailed",
+     False, False, 0),
+    (Finished(False, ExitCode.AGENT_UNAVAILABLE), Phase.RELEASED, DocAction.RELEASE, "AgentUnavailable", False,
+     False, 0),
+    (Finished(False, ExitCode.AGENT_BUDGET, {"error": "spent $10"}), Phase.FAILED, DocAction.COUNT_FAILURE,
+     "BudgetReached", True, False, 0),
+    # A deadline kill stays the story's failure whatever the exit code says.
+    (Finished(False, ExitCode.AGENT_AUTH, job_reason="DeadlineExceeded"), Phase.FAILED, DocAction.COUNT_FAILURE,
+     "DeadlineExceeded", True, False, 0),
 ]
 
 
@@ -64,6 +77,59 @@ def test_outcome_table(obs, phase, action, event, counted, delete, cooldown):
         phase, action, event, counted, delete, cooldown)
     assert out.phase.final
     assert out.counted == (out.action is DocAction.COUNT_FAILURE)
+
+
+@pytest.mark.parametrize(("code", "hold", "reason"), [
+    (ExitCode.AGENT_AUTH, NodeHold.CREDENTIALS, "exit code 20: model API refused the key: 401 bad key; claim released"),
+    (ExitCode.AGENT_UNAVAILABLE, NodeHold.BACKOFF, "exit code 21: model API unavailable: 401 bad key; claim released"),
+    (ExitCode.AGENT_BUDGET, NodeHold.NONE, "exit code 22: budget reached: 401 bad key"),
+    (ExitCode.AGENT_FAILED, NodeHold.NONE, "exit code 16: 401 bad key"),
+    (ExitCode.TERMINATED, NodeHold.NONE, "disrupted (runner terminated); released"),
+])
+def test_agent_exit_codes_hold_the_node_and_say_why(code, hold, reason):
+    out = decide(Finished(False, code, {"error": "401 bad key"}))
+    assert out.hold is hold
+    assert out.reason.startswith(reason)
+
+
+# outcome exit code, uncounted endings before this one, max_retries -> counted, hold
+ESCALATE = [
+    (ExitCode.AGENT_AUTH, 0, 3, False, NodeHold.CREDENTIALS),
+    (ExitCode.AGENT_AUTH, 2, 3, False, NodeHold.CREDENTIALS),
+    (ExitCode.AGENT_AUTH, 3, 3, True, NodeHold.NONE),
+    (ExitCode.AGENT_UNAVAILABLE, 1, 1, True, NodeHold.NONE),
+    (ExitCode.AGENT_UNAVAILABLE, 0, 1, False, NodeHold.BACKOFF),
+    (ExitCode.AGENT_BUDGET, 9, 3, True, NodeHold.NONE),  # counted anyway, unchanged
+    (ExitCode.TERMINATED, 9, 3, False, NodeHold.NONE),  # no node hold: never escalated
+]
+
+
+@pytest.mark.parametrize(("code", "streak", "max_retries", "counted", "hold"), ESCALATE)
+def test_uncounted_agent_endings_are_counted_after_max_retries_in_a_row(code, streak, max_retries, counted, hold):
+    before = decide(Finished(False, code))
+    out = escalate(before, streak, max_retries)
+    assert (out.counted, out.hold) == (counted, hold)
+    assert (out.action is DocAction.COUNT_FAILURE) == counted
+    if counted and before.hold is not NodeHold.NONE:
+        assert out.phase is Phase.FAILED
+        assert f"counted: the story ended uncounted this way {streak} times in a row" in out.reason
+        assert "not counted" not in out.reason
+    if out is before:
+        assert not counted or before.counted
+
+
+def test_the_engine_and_the_runner_share_one_disposition_table():
+    from huskies_agent import contract
+    from huskies_agent.runner import dispositions
+
+    assert dispositions.TABLE is contract.DISPOSITIONS
+    for code, event in AGENT_EVENTS.items():
+        rule = contract.disposition(code)
+        out = decide(Finished(False, code))
+        assert out.event == event
+        assert out.hold is rule.hold
+        assert out.counted == (rule.action is contract.Action.COUNT)
+        assert out.phase.value == rule.phase
 
 
 def test_success_keeps_the_runner_result_on_the_status():
