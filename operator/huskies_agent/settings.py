@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from huskies_agent.pipeline.model import ParseLimits
+
 ENV_PREFIX = "HUSKIES_"
 
 
@@ -102,6 +104,11 @@ class Settings:
     ws_max_size: int = 64 * 1024 * 1024
     reconnect_min_seconds: float = 1.0
     reconnect_max_seconds: float = 30.0
+    #: Document entries (stories, node presence) beyond these bounds are quarantined:
+    #: listed with a reason, counted and logged once, never worked on.
+    document_max_depth: int = 16
+    document_max_string_length: int = 65_536
+    document_max_entry_bytes: int = 1_048_576
     build: BuildPodSettings = field(default_factory=BuildPodSettings)
 
     # ------------------------------------------------------------------ derived
@@ -112,6 +119,14 @@ class Settings:
     @property
     def identity_configmap(self) -> str:
         return f"{self.instance}-identity"
+
+    @property
+    def parse_limits(self) -> ParseLimits:
+        return ParseLimits(
+            max_depth=self.document_max_depth,
+            max_string_length=self.document_max_string_length,
+            max_entry_bytes=self.document_max_entry_bytes,
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -163,6 +178,10 @@ class Settings:
             raise SettingsError(f"max_retries: must be at least 1, got {self.max_retries}")
         if self.lease_renew_seconds >= self.lease_duration_seconds:
             raise SettingsError("lease_renew_seconds: must be shorter than lease_duration_seconds")
+        try:
+            self.parse_limits  # noqa: B018 - validates the three document_* bounds
+        except ValueError as exc:
+            raise SettingsError(f"document_max_*: {exc}") from None
         if self.claim_settle_seconds < 0:
             raise SettingsError("claim_settle_seconds: must be 0 or more")
         if self.build.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
