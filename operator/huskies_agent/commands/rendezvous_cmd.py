@@ -10,6 +10,7 @@ import ssl
 from pathlib import Path
 
 from huskies_agent.sync.limits import FRAME_OVERHEAD, ServerLimits
+from huskies_agent.sync.store import SYNCHRONOUS_MODES
 
 log = logging.getLogger("huskies_agent.rendezvous")
 
@@ -27,6 +28,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-size", type=int, default=64 * 2**20,
         help="largest frame accepted from a client, in bytes (default 64 MiB)",
+    )
+    parser.add_argument(
+        "--synchronous", choices=SYNCHRONOUS_MODES, default="FULL",
+        help="SQLite synchronous mode: FULL (default) puts every confirmed write on disk before the "
+        "confirmation (survives a power cut); NORMAL is faster but may lose the last confirmed "
+        "writes in a power cut (bench/bench_store.py prints the difference)",
     )
     parser.add_argument(
         "--compact-every", type=int, default=1000,
@@ -138,6 +145,7 @@ async def _serve(args: argparse.Namespace, token: str, context: ssl.SSLContext |
         compact_every=args.compact_every,
         compact_interval=args.compact_interval,
         limits=_limits(args),
+        synchronous=args.synchronous,
         ssl_context=context,
     )
     async with server:

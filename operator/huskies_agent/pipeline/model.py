@@ -313,7 +313,7 @@ def read_story(key: str, raw: object, limits: ParseLimits = DEFAULT_LIMITS) -> S
         raise MalformedEntry(f"story {describe(key)} is quarantined: {problem}")
     id_problem = story_id_problem(key)
     if id_problem is not None:
-        raise MalformedEntry(f"story {key!r} is quarantined: {id_problem}")
+        raise MalformedEntry(f"story {describe(key)} is quarantined: {id_problem}")
     if not isinstance(raw, Mapping):
         raise MalformedEntry(f"story {key!r} is {describe(raw)}, not an object")
     try:

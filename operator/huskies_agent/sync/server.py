@@ -85,6 +85,7 @@ class RendezvousServer:
         compact_every: int = 1000,
         compact_interval: float = 60.0,
         limits: ServerLimits | None = None,
+        synchronous: str = "FULL",
         compression: bool = True,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -105,6 +106,7 @@ class RendezvousServer:
         self.host = host
         self._port = port
         self._db_path = Path(db_path) if db_path is not None else None
+        self._synchronous = synchronous
         self._token = token
         self._max_size = max_size
         self._ping_interval = ping_interval
@@ -143,7 +145,7 @@ class RendezvousServer:
     async def start(self) -> None:
         """Load the document, then listen."""
         if self._db_path is not None:
-            self._store = UpdateStore(self._db_path)
+            self._store = UpdateStore(self._db_path, synchronous=self._synchronous)
             rows = await self._store.open()
             for index, row in enumerate(rows):
                 self._load_row(index, row)
