@@ -115,10 +115,11 @@ async def test_a_write_past_the_document_limit_is_refused_and_others_keep_syncin
     server = rendezvous_factory(extra_args=["--max-document-bytes", "300000", "--max-update-bytes", "200000"])
     bystander_doc, bystander = await clients.start(server.url)
     hostile_doc, hostile = await clients.start(server.url)
-    hostile_doc.add_story("1_big", stage=stages.BACKLOG, name="a" * 150_000)
+    hostile_doc.add_story("1_big", stage=stages.BACKLOG, name="a" * 60_000, agent="a" * 60_000)
+    hostile_doc.put_raw("1_big", last_error="a" * 60_000)
     assert await hostile.confirm(10)
     await wait_until(lambda: bystander_doc.story("1_big") is not None, what="first big write replicated")
-    hostile_doc.add_story("2_big", stage=stages.BACKLOG, name="b" * 190_000)   # 150 + 190 KB > 300 KB
+    hostile_doc.add_story("2_big", stage=stages.BACKLOG, name="b" * 60_000, agent="b" * 60_000)  # 180 + 120 KB
     line = await server.await_log("the document would exceed its 300000-byte limit")
     assert "refused a write from 127.0.0.1" in line and "connection closed (1008)" in line
     await wait_until(lambda: "document limit" in hostile.stats.last_error, what="the writer told why")
