@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import yaml
 
 from huskies_agent.contract import DEFAULT_CHECKPOINT_INTERVAL_SECONDS
+from huskies_agent.pipeline.model import ParseLimits
 
 ENV_PREFIX = "HUSKIES_"
 
@@ -117,6 +118,11 @@ class Settings:
     ws_max_size: int = 64 * 1024 * 1024
     reconnect_min_seconds: float = 1.0
     reconnect_max_seconds: float = 30.0
+    #: Document entries (stories, node presence) beyond these bounds are quarantined:
+    #: listed with a reason, counted and logged once, never worked on.
+    document_max_depth: int = 16
+    document_max_string_length: int = 65_536
+    document_max_entry_bytes: int = 1_048_576
     build: BuildPodSettings = field(default_factory=BuildPodSettings)
 
     # ------------------------------------------------------------------ derived
@@ -127,6 +133,14 @@ class Settings:
     @property
     def identity_configmap(self) -> str:
         return f"{self.instance}-identity"
+
+    @property
+    def parse_limits(self) -> ParseLimits:
+        return ParseLimits(
+            max_depth=self.document_max_depth,
+            max_string_length=self.document_max_string_length,
+            max_entry_bytes=self.document_max_entry_bytes,
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -182,6 +196,10 @@ class Settings:
             self.lease_duration_seconds, self.lease_renew_deadline_seconds, self.lease_retry_period_seconds)
         if lease_margin_error:
             raise SettingsError(lease_margin_error)
+        try:
+            self.parse_limits  # noqa: B018 - validates the three document_* bounds
+        except ValueError as exc:
+            raise SettingsError(f"document_max_*: {exc}") from None
         if self.claim_settle_seconds < 0:
             raise SettingsError("claim_settle_seconds: must be 0 or more")
         if not 0 <= self.spread_delay_seconds < float("inf"):

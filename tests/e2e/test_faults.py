@@ -467,10 +467,16 @@ async def test_two_releases_in_one_namespace_run_only_their_own_stories(
                 by_install[install][sj["spec"]["storyId"]] += 1
         assert by_install == {"alpha": {s: 1 for s in ids}, "beta": {s: 1 for s in ids[:-1]}}, (
             f"one install settled or ran the other's runs: {describe(sjs)}")
-        per_install = collections.Counter((r.labels.get("app.kubernetes.io/instance"), r.story, r.state)
-                                          for r in jobs.jobs.values())
-        assert all(per_install[("alpha", s, "Complete")] == 1 for s in ids), describe_jobs(list(jobs.jobs.values()))
-        assert all(per_install[("beta", s, "Complete")] == 1 for s in ids[:-1]), describe_jobs(
+        def per_install() -> collections.Counter[tuple[str | None, str, str]]:
+            return collections.Counter((r.labels.get("app.kubernetes.io/instance"), r.story, r.state)
+                                       for r in jobs.jobs.values())
+
+        # The StoryJobs say every run succeeded; the Job poll may lag a moment behind the Job controller.
+        await eventually(lambda: all(per_install()[("alpha", s, "Complete")] == 1 for s in ids)
+                         and all(per_install()[("beta", s, "Complete")] == 1 for s in ids[:-1]), 30,
+                         what="the Job poll saw every run's Job complete")
+        assert all(per_install()[("alpha", s, "Complete")] == 1 for s in ids), describe_jobs(list(jobs.jobs.values()))
+        assert all(per_install()[("beta", s, "Complete")] == 1 for s in ids[:-1]), describe_jobs(
             list(jobs.jobs.values()))
         deleted = [r for r in jobs.deleted_while_running() if r.labels.get("app.kubernetes.io/instance") == "alpha"]
         assert not deleted, f"beta deleted alpha's job: {describe_jobs(deleted)}"

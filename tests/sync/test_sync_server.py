@@ -12,6 +12,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.document import PipelineDoc
 from huskies_agent.sync import protocol
+from huskies_agent.sync.limits import ServerLimits
 from huskies_agent.sync.protocol import Kind
 from huskies_agent.sync.server import RendezvousServer
 
@@ -100,7 +101,8 @@ async def _stalled_connection(url: str) -> asyncio.StreamWriter:
 
 async def test_a_client_that_stops_reading_is_dropped(clients: Clients, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="huskies_agent.sync.server")
-    async with RendezvousServer(None, port=0, max_queued_frames=20, compression=False) as server:
+    limits = ServerLimits(max_outbox_bytes=400_000, max_writes_per_second=1e6)
+    async with RendezvousServer(None, port=0, limits=limits, compression=False) as server:
         server.doc.add_story("big", stage=stages.CURRENT)
         reader_doc, _ = await clients.start(server.url)
         stalled = await _stalled_connection(server.url)
@@ -116,6 +118,6 @@ async def test_a_client_that_stops_reading_is_dropped(clients: Clients, caplog: 
             assert server.clients == 1, "the stalled client was not dropped"
         finally:
             stalled.close()
-        assert any("fell 20 frames behind" in r.getMessage() for r in caplog.records)
+        assert any("fell more than 400000 bytes behind" in r.getMessage() for r in caplog.records)
         # The well-behaved client kept up and has the last value.
         await wait_until(lambda: getattr(reader_doc.story("big"), "name", "").startswith(f"{index:08d}"))

@@ -174,6 +174,9 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
   "ws_max_size" .Values.websocket.maxSizeBytes
   "reconnect_min_seconds" .Values.websocket.reconnectMinSeconds
   "reconnect_max_seconds" .Values.websocket.reconnectMaxSeconds
+  "document_max_depth" .Values.document.maxDepth
+  "document_max_string_length" .Values.document.maxStringLength
+  "document_max_entry_bytes" .Values.document.maxEntryBytes
   "build" $build
 }}
 {{- $extra := deepCopy (.Values.extraConfig | default dict) }}

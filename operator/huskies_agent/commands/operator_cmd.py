@@ -87,7 +87,7 @@ async def operate(settings: Any) -> int:
     async def lead() -> None:
         await elector.wait_leader()
         metrics.leader.set(1)
-        doc = PipelineDoc()
+        doc = PipelineDoc(limits=settings.parse_limits)
         client = RendezvousClient(
             doc, settings.rendezvous_url, token=settings.rendezvous_token, max_size=settings.ws_max_size,
             reconnect_min=settings.reconnect_min_seconds, reconnect_max=settings.reconnect_max_seconds,

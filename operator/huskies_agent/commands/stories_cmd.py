@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from huskies_agent.pipeline import stages
+from huskies_agent.pipeline.model import describe
 
 if TYPE_CHECKING:
     from huskies_agent.pipeline.document import PipelineDoc
@@ -163,9 +164,10 @@ def format_table(doc: PipelineDoc) -> str:
              for row in rows]
     lines = [line.rstrip() for line in lines]
     summary = f"{len(stories)} stor{'y' if len(stories) == 1 else 'ies'}"
-    if doc.malformed:
-        summary += f", {len(doc.malformed)} malformed (skipped): " + ", ".join(sorted(doc.malformed))
-    return "\n".join([*lines, summary])
+    quarantined = [f"QUARANTINED  {describe(key)}: {reason}" for key, reason in sorted(doc.malformed.items())]
+    if quarantined:
+        summary += f", {len(quarantined)} quarantined (never worked on; see the reasons above)"
+    return "\n".join([*lines, *quarantined, summary])
 
 
 def format_story(doc: PipelineDoc, story_id: str) -> str:

@@ -39,15 +39,18 @@ from pycrdt import Doc, Map, MapEvent, Subscription, TransactionEvent
 from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.model import (
     CLAIM_PREFIX,
+    DEFAULT_LIMITS,
     MAX_FAILS,
     STAGE_PREFIX,
     Claim,
     MalformedEntry,
     NodePresence,
+    ParseLimits,
     StageMove,
     Story,
+    describe,
     parse_presence,
-    parse_story,
+    read_story,
 )
 
 SCHEMA_VERSION = 1
@@ -92,8 +95,9 @@ class StoryNotFound(KeyError):
 class PipelineDoc:
     """Typed access to the replicated pipeline document."""
 
-    def __init__(self, doc: Doc[Any] | None = None) -> None:
+    def __init__(self, doc: Doc[Any] | None = None, *, limits: ParseLimits = DEFAULT_LIMITS) -> None:
         self.doc: Doc[Any] = doc if doc is not None else Doc()
+        self.limits = limits
         self._meta: Map[Any] = self.doc.get("meta", type=Map)
         self._items: Map[Any] = self.doc.get("items", type=Map)
         self._nodes: Map[Any] = self.doc.get("nodes", type=Map)
@@ -101,6 +105,7 @@ class PipelineDoc:
         self._malformed: dict[str, str] = {}
         self._presence: dict[str, NodePresence] = {}
         self._presence_seq: dict[str, int] = {}
+        self._bad_nodes: dict[str, str] = {}
         self._listeners: list[Listener] = []
         self._update_listeners: list[UpdateListener] = []
         self._doc_sub: Subscription | None = None
@@ -124,6 +129,11 @@ class PipelineDoc:
     @property
     def nodes(self) -> Mapping[str, NodePresence]:
         return self._presence
+
+    @property
+    def malformed_nodes(self) -> Mapping[str, str]:
+        """Node entries that could not be parsed, with the reason."""
+        return self._bad_nodes
 
     @property
     def schema_version(self) -> int | None:
@@ -393,49 +403,81 @@ class PipelineDoc:
         return item
 
     def _parse_into_projection(self, story_id: str, fields: Any = _UNREAD) -> None:
-        """Re-read one story into the projection (``fields``: its raw value, if already read)."""
+        """Re-read one story into the projection (``fields``: its raw value, if already read).
+
+        Total: whatever the entry holds, the story ends up either in ``stories`` or in
+        ``malformed`` with a reason (logged once per distinct reason).
+        """
         self._stories.pop(story_id, None)
-        self._malformed.pop(story_id, None)
         try:
             if fields is _UNREAD:
                 raw = self._items.get(story_id)
-                if raw is None:
-                    return
-                # One JSON round trip is about twice as fast as Map.to_py().
-                fields = json.loads(str(raw)) if isinstance(raw, Map) else raw
+                fields = None if raw is None else self._decode(story_id, raw)
             if fields is None:
+                self._malformed.pop(story_id, None)
                 return
-            if not isinstance(fields, Mapping):
-                raise MalformedEntry(f"story {story_id!r} is not an object")
-            story = parse_story(story_id, fields)
-        except (MalformedEntry, TypeError, ValueError) as exc:
-            reason = str(exc)
-            if self._malformed.get(story_id) != reason:
-                log.warning("skipping malformed story %r: %s", story_id, reason)
-            self._malformed[story_id] = reason
+            story = read_story(story_id, fields, self.limits)
+        except Exception as exc:  # MalformedEntry, or anything a hostile value provokes
+            reason = str(exc) if isinstance(exc, MalformedEntry) else f"unreadable ({type(exc).__name__})"
+            self._quarantine(self._malformed, "story", story_id, reason)
             return
+        self._malformed.pop(story_id, None)
         self._stories[story_id] = story
+
+    def _decode(self, story_id: str, raw: Any) -> Any:
+        """The plain value of one stored story, bounded by ``limits.max_entry_bytes``."""
+        if not isinstance(raw, Map):
+            return raw
+        # One JSON round trip is about twice as fast as Map.to_py().
+        text = str(raw)
+        if len(text) > self.limits.max_entry_bytes:
+            raise MalformedEntry(
+                f"story {describe(story_id)} is quarantined: its entry is {len(text)} bytes "
+                f"(at most {self.limits.max_entry_bytes})"
+            )
+        try:
+            return json.loads(text)
+        except RecursionError:
+            raise MalformedEntry(
+                f"story {describe(story_id)} is quarantined: it holds values nested too deep to decode"
+            ) from None
+
+    def _quarantine(self, into: dict[str, str], what: str, key: str, reason: str) -> None:
+        reason = reason if len(reason) <= 300 else reason[:300] + "..."
+        if into.get(key) != reason:
+            log.warning("quarantined %s entry %s: %s", what, describe(key), reason)
+        into[key] = reason
 
     def _parse_stories(self, story_ids: Iterable[str]) -> None:
         ids = list(story_ids)
+        everything: Any = None
         if len(ids) > _BULK_PARSE:
             # Many stories at once (initial sync, bulk import): read the whole map in one go.
-            everything = json.loads(str(self._items))
-            for story_id in ids:
+            # A hostile entry can make that fail; then each story is read on its own.
+            try:
+                everything = json.loads(str(self._items))
+            except (ValueError, RecursionError, MemoryError):
+                everything = None
+        for story_id in ids:
+            if isinstance(everything, dict):
                 self._parse_into_projection(story_id, everything.get(story_id))
-        else:
-            for story_id in ids:
+            else:
                 self._parse_into_projection(story_id)
 
     def _parse_presence(self, node_id: str) -> None:
-        raw = self._nodes.get(node_id)
         self._presence.pop(node_id, None)
-        if raw is None:
-            return
         try:
-            self._presence[node_id] = parse_presence(node_id, raw)
-        except MalformedEntry as exc:
-            log.warning("skipping malformed node entry %r: %s", node_id, exc)
+            raw = self._nodes.get(node_id)
+            if raw is None:
+                self._bad_nodes.pop(node_id, None)
+                return
+            presence = parse_presence(node_id, raw, self.limits)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, MalformedEntry) else f"unreadable ({type(exc).__name__})"
+            self._quarantine(self._bad_nodes, "node", node_id, reason)
+            return
+        self._bad_nodes.pop(node_id, None)
+        self._presence[node_id] = presence
 
     def _refresh_all(self) -> None:
         self._parse_stories(self._items.keys())

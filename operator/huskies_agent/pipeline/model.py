@@ -52,29 +52,132 @@ def branch_for(story_id: str) -> str:
     return f"feature/story-{story_id}"
 
 
+#: Largest whole number accepted from the document (JavaScript's safe integer range).
+MAX_SAFE_INT = 2**53 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """Bounds on what one document entry may hold before it is quarantined.
+
+    ``max_depth``: nesting of lists and objects inside one entry (the entry itself is
+    depth 1); ``max_string_length``: characters in any one string, key or value;
+    ``max_entry_bytes``: the entry's JSON text. Defaults are far above anything the
+    pipeline writes and far below what makes a parser or a log line misbehave.
+    """
+
+    max_depth: int = 16
+    max_string_length: int = 65_536
+    max_entry_bytes: int = 1_048_576
+
+    def __post_init__(self) -> None:
+        if self.max_depth < 2 or self.max_string_length < MAX_STORY_ID_LENGTH or self.max_entry_bytes < 1024:
+            raise ValueError(
+                f"parse limits too small: max_depth >= 2, max_string_length >= {MAX_STORY_ID_LENGTH}, "
+                "max_entry_bytes >= 1024"
+            )
+
+
+DEFAULT_LIMITS = ParseLimits()
+
+
+def describe(value: object, width: int = 60) -> str:
+    """A short, single-line, always-safe description of ``value`` for reasons and logs.
+
+    Never recurses (``repr`` of a deeply nested list raises RecursionError) and never
+    copies a giant string into a log line.
+    """
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if -MAX_SAFE_INT <= value <= MAX_SAFE_INT else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, str):
+        text = repr(value[:width])
+        return text if len(value) <= width else f"{text}... ({len(value)} characters)"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)}"
+    if isinstance(value, Mapping):
+        return f"an object of {len(value)} keys"
+    return f"a {type(value).__name__}"
+
+
+def value_problem(value: object, limits: ParseLimits = DEFAULT_LIMITS) -> str | None:
+    """Why ``value`` (a decoded entry) is outside ``limits``, or ``None``.
+
+    Walks the value without recursion, so any depth is safe to check. Rejects
+    nesting deeper than ``max_depth``, strings and keys longer than
+    ``max_string_length``, keys that are not strings, integers outside the safe
+    range, non-finite numbers and types JSON cannot hold.
+    """
+    stack: list[tuple[object, int]] = [(value, 1)]
+    size = 0
+    while stack:
+        item, depth = stack.pop()
+        # Roughly the item's JSON size: a guard against entries of many small values.
+        size += len(item) + 8 if isinstance(item, str) else 8
+        if size > limits.max_entry_bytes:
+            return f"more than {limits.max_entry_bytes} bytes of values"
+        if isinstance(item, str):
+            if len(item) > limits.max_string_length:
+                return f"a string of {len(item)} characters (at most {limits.max_string_length})"
+            continue
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
+                return f"{describe(item)}, outside the safe integer range"
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return f"a non-finite number ({item!r})"
+            continue
+        if not isinstance(item, list | tuple | Mapping):
+            return f"a value of type {type(item).__name__}"
+        if depth > limits.max_depth:
+            return f"values nested deeper than {limits.max_depth} levels"
+        if isinstance(item, Mapping):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return f"a key of type {type(key).__name__}"
+                size += len(key)
+                if len(key) > limits.max_string_length:
+                    return f"a key of {len(key)} characters (at most {limits.max_string_length})"
+                stack.append((child, depth + 1))
+        else:
+            stack.extend((child, depth + 1) for child in item)
+    return None
+
+
 def as_int(value: object, *, default: int = 0) -> int:
-    """An integer from a CRDT number (ints come back as floats); ``default`` when absent."""
+    """A whole number from a CRDT number (ints come back as floats); ``default`` when absent."""
     if value is None:
         return default
     if isinstance(value, bool):
-        raise MalformedEntry(f"expected a number, got {value!r}")
+        raise MalformedEntry(f"expected a number, got {describe(value)}")
+    number: int | None = None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value == int(value):
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise MalformedEntry(f"expected a whole number, got {value!r}")
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value == int(value):
+        number = int(value)
+    elif isinstance(value, str) and 0 < len(value) <= 20 and value.strip().lstrip("-").isdigit():
+        number = int(value)
+    if number is None:
+        raise MalformedEntry(f"expected a whole number, got {describe(value)}")
+    if not -MAX_SAFE_INT <= number <= MAX_SAFE_INT:
+        raise MalformedEntry(f"expected a whole number in the safe range, got {describe(number)}")
+    return number
 
 
 def as_float(value: object, *, default: float = 0.0) -> float:
     if value is None:
         return default
     if isinstance(value, bool):
-        raise MalformedEntry(f"expected a number, got {value!r}")
-    if isinstance(value, int | float) and math.isfinite(float(value)):
+        raise MalformedEntry(f"expected a number, got {describe(value)}")
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, int) and -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
         return float(value)
-    raise MalformedEntry(f"expected a number, got {value!r}")
+    raise MalformedEntry(f"expected a finite number, got {describe(value)}")
 
 
 def as_bool(value: object, *, default: bool = False) -> bool:
@@ -86,7 +189,7 @@ def as_bool(value: object, *, default: bool = False) -> bool:
         return bool(value)
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise MalformedEntry(f"expected true or false, got {value!r}")
+    raise MalformedEntry(f"expected true or false, got {describe(value)}")
 
 
 def as_str(value: object, *, default: str = "") -> str:
@@ -94,7 +197,7 @@ def as_str(value: object, *, default: str = "") -> str:
         return default
     if isinstance(value, str):
         return value
-    raise MalformedEntry(f"expected a string, got {value!r}")
+    raise MalformedEntry(f"expected a string, got {describe(value)}")
 
 
 def parse_depends_on(value: object) -> tuple[str, ...]:
@@ -106,7 +209,7 @@ def parse_depends_on(value: object) -> tuple[str, ...]:
     elif isinstance(value, list | tuple):
         parts = [as_str(v) for v in value]
     else:
-        raise MalformedEntry(f"depends_on must be a list or a string, got {value!r}")
+        raise MalformedEntry(f"depends_on must be a list or a string, got {describe(value)}")
     return tuple(p for p in (s.strip() for s in parts) if p)
 
 
@@ -133,6 +236,16 @@ def _as_stage(value: object, what: str) -> str:
     if not stages.is_stage(stage):
         raise MalformedEntry(f"{what} has unknown stage {stage!r}")
     return stage
+
+
+def entry_problem(key: object, raw: object, limits: ParseLimits = DEFAULT_LIMITS) -> str | None:
+    """Why the entry stored under ``key`` is quarantined before its fields are read, or ``None``."""
+    if not isinstance(key, str):
+        return f"its key is {describe(key)}, not a string"
+    if len(key) > limits.max_string_length:
+        return f"its key is {len(key)} characters long"
+    problem = value_problem(raw, limits)
+    return None if problem is None else f"it holds {problem}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,10 +444,10 @@ def parse_story(key: str, raw: Mapping[str, Any]) -> Story:
         raise MalformedEntry(f"story {key!r} is not an object")
     story_id = as_str(raw.get("story_id"), default=key) or key
     if story_id != key:
-        raise MalformedEntry(f"story stored under {key!r} names itself {story_id!r}")
+        raise MalformedEntry(f"story stored under {key!r} names itself {describe(story_id)}")
     base = as_str(raw.get("stage"))
     if not stages.is_stage(base):
-        raise MalformedEntry(f"story {key!r} has unknown stage {base!r}")
+        raise MalformedEntry(f"story {key!r} has unknown stage {describe(base)}")
     entries: dict[str, Claim] = {}
     moves: list[StageMove] = []
     for field_name, value in raw.items():
@@ -367,6 +480,35 @@ def parse_story(key: str, raw: Mapping[str, Any]) -> Story:
     )
 
 
+def read_story(key: str, raw: object, limits: ParseLimits = DEFAULT_LIMITS) -> Story:
+    """The total reader of one story entry: a :class:`Story`, or MalformedEntry saying why not.
+
+    On top of :func:`parse_story`: the entry must fit ``limits``, its id must be one
+    a build node can work on (:func:`story_id_problem`), and it must not depend on
+    itself (it would wait forever). Any other exception is a bug in the parser and
+    is reported as MalformedEntry too, so no value stops the caller.
+    """
+    problem = entry_problem(key, raw, limits)
+    if problem is not None:
+        raise MalformedEntry(f"story {describe(key)} is quarantined: {problem}")
+    id_problem = story_id_problem(key)
+    if id_problem is not None:
+        raise MalformedEntry(f"story {describe(key)} is quarantined: {id_problem}")
+    if not isinstance(raw, Mapping):
+        raise MalformedEntry(f"story {key!r} is {describe(raw)}, not an object")
+    try:
+        story = parse_story(key, raw)
+    except MalformedEntry as exc:
+        if str(exc).startswith("story "):
+            raise
+        raise MalformedEntry(f"story {key!r}: {exc}") from None
+    except Exception as exc:  # a parser bug: quarantine the entry, keep serving the others
+        raise MalformedEntry(f"story {key!r} could not be read ({type(exc).__name__}: {exc})") from exc
+    if key in story.depends_on:
+        raise MalformedEntry(f"story {key!r} depends on itself, so it would wait forever")
+    return story
+
+
 @dataclass(frozen=True, slots=True)
 class NodePresence:
     """A node's entry in the document's ``nodes`` collection."""
@@ -390,10 +532,16 @@ class NodePresence:
         return raw
 
 
-def parse_presence(key: str, raw: object) -> NodePresence:
+def parse_presence(key: str, raw: object, limits: ParseLimits = DEFAULT_LIMITS) -> NodePresence:
+    """A node's presence entry, or MalformedEntry saying why it is quarantined (never anything else)."""
+    problem = entry_problem(key, raw, limits)
+    if problem is not None:
+        raise MalformedEntry(f"node {describe(key)} is quarantined: {problem}")
     if not isinstance(raw, Mapping):
-        raise MalformedEntry(f"node {key!r} is not an object")
+        raise MalformedEntry(f"node {key!r} is {describe(raw)}, not an object")
     node_id = as_str(raw.get("node_id"), default=key) or key
+    if node_id != key:
+        raise MalformedEntry(f"node stored under {key!r} names itself {describe(node_id)}")
     capacity = raw.get("capacity")
     known = {"node_id", "last_seen", "alive", "address", "capacity", "seq"}
     return NodePresence(

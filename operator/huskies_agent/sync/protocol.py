@@ -32,12 +32,18 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from huskies_agent.sync.updates import DEFAULT_MAX_VALUE_DEPTH, update_problem
+
 #: Longest varUint accepted (10 bytes hold 70 bits, more than any real length).
 _MAX_VARUINT_BYTES = 10
 
 
 class ProtocolError(ValueError):
     """A frame that does not follow the protocol (garbage, truncated, wrong type)."""
+
+
+class RefusedUpdate(ProtocolError):
+    """A well-framed update this side must not apply (a value nested too deep for the CRDT library)."""
 
 
 class Kind(enum.Enum):
@@ -214,8 +220,9 @@ class Received:
 class SyncSession:
     """Protocol state of one connection, on either side."""
 
-    def __init__(self, doc: SyncTarget) -> None:
+    def __init__(self, doc: SyncTarget, *, max_value_depth: int = DEFAULT_MAX_VALUE_DEPTH) -> None:
         self._doc = doc
+        self._max_value_depth = max_value_depth
         self._tickets: deque[int] = deque()
         self._next_ticket = 1
         self._synced = False
@@ -278,6 +285,11 @@ class SyncSession:
     def _apply(self, update: bytes) -> bool:
         if update == EMPTY_UPDATE:
             return False
+        # Checked before the CRDT library decodes it: its decoder recurses in native
+        # code, and a deep enough value kills the process instead of raising.
+        problem = update_problem(update, max_depth=self._max_value_depth)
+        if problem is not None:
+            raise RefusedUpdate(f"refused update: {problem}")
         try:
             self._doc.apply_remote(update)
         except ValueError as exc:
