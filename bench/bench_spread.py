@@ -1,10 +1,10 @@
 """Does work spread across build nodes in proportion to their capacity, without lost races?
 
-    .venv/bin/python bench/bench_spread.py [--stories 150] [--run-seconds 1.0] [--load 0.8]
+    .venv/bin/python bench/bench_spread.py [--stories 120] [--run-seconds 0.5] [--load 0.8]
                                            [--scenario 4,2 ...] [--presence-interval 0.1]
 
-N build nodes on one real rendezvous process; each node is the real Engine with a real
-PipelineDoc and sync client and its OWN IN-MEMORY Kubernetes API (tests/helpers/fakekube.py):
+N build nodes on one real rendezvous process (a new one per scenario); each node is the real Engine
+with a real PipelineDoc and sync client and its OWN IN-MEMORY Kubernetes API (tests/helpers/fakekube.py):
 this benchmark measures the claim protocol and the mesh, not an API server. A feeder client
 adds stories to 2_current as a Poisson stream at ``--load`` of the fleet's throughput; a
 driver per node runs each Job for ``--run-seconds`` and then completes it, so every story
@@ -76,8 +76,7 @@ async def scenario(url: str, caps: list[int], args: argparse.Namespace, counter:
     watch = StageWatch(feeder_doc)
     # Throughput of the fleet in stories/s (each story is three runs), and the stream at --load of it.
     rate = args.load * total / (len(stages.ACTIVE_STAGES) * args.run_seconds)
-    prefix = f"s{len(caps)}n{'-'.join(map(str, caps))}"
-    story_ids = [f"{i + 1}_{prefix}" for i in range(args.stories)]
+    story_ids = [f"{i + 1}_bench" for i in range(args.stories)]
     rng = random.Random(args.seed)
     print(f"\n== {len(caps)} nodes, capacities {':'.join(map(str, caps))} (total {total}); {args.stories} stories "
           f"x 3 stages, runs of {args.run_seconds:g} s, arrivals {rate:.2f} stories/s (load {args.load:g}), "
@@ -134,19 +133,12 @@ async def scenario(url: str, caps: list[int], args: argparse.Namespace, counter:
     return Result(caps, runs, wasted, created, within_all, safe)
 
 
-async def main_async(url: str, args: argparse.Namespace, counter: ErrorCounter) -> list[Result]:
-    results = []
-    for caps in args.scenario or [parse_scenario(s) for s in DEFAULT_SCENARIOS]:
-        results.append(await scenario(url, caps, args, counter))
-    return results
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", type=parse_scenario, action="append",
                         help=f"node capacities, e.g. 4,2 (repeatable; default {' '.join(DEFAULT_SCENARIOS)})")
-    parser.add_argument("--stories", type=int, default=150, help="stories per scenario (each runs 3 stages)")
-    parser.add_argument("--run-seconds", type=float, default=1.0, help="simulated run time of every Job")
+    parser.add_argument("--stories", type=int, default=120, help="stories per scenario (each runs 3 stages)")
+    parser.add_argument("--run-seconds", type=float, default=0.5, help="simulated run time of every Job")
     parser.add_argument("--load", type=float, default=0.8, help="arrival rate as a fraction of fleet throughput")
     parser.add_argument("--presence-interval", type=float, default=0.1)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a scenario to drain")
@@ -155,11 +147,15 @@ def main() -> int:
     args = parser.parse_args()
     counter = quiet_logging(args.verbose)
     print(describe())
-    print("build nodes: real Engine + PipelineDoc + sync client each, one real rendezvous process; each node has "
+    print("build nodes: real Engine + PipelineDoc + sync client each, one real rendezvous process (a new one "
+          "per scenario); each node has "
           "its own IN-MEMORY Kubernetes API (tests/helpers/fakekube.py): this measures the claim protocol and the "
           "mesh, not the API server. All nodes share this one Python process.")
-    with tempfile.TemporaryDirectory(prefix="bench-spread-") as tmp, start_rendezvous(Path(tmp)) as server:
-        results = asyncio.run(main_async(server.url, args, counter))
+    results = []
+    for caps in args.scenario or [parse_scenario(s) for s in DEFAULT_SCENARIOS]:
+        # A fresh rendezvous (and document) per scenario: no presence left over from the last one.
+        with tempfile.TemporaryDirectory(prefix="bench-spread-") as tmp, start_rendezvous(Path(tmp)) as server:
+            results.append(asyncio.run(scenario(server.url, caps, args, counter)))
     print("\nsummary:")
     for r in results:
         waste = r.wasted / r.created if r.created else 0.0
