@@ -100,10 +100,10 @@ async def burst(url: str, nodes: list[Node], ledger: Ledger, args: argparse.Name
     errors_before = counter.count
     async with fast_client(doc, url) as feeder:
         await feeder.wait_synced(60)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         doc.add_stories({"story_id": sid, "stage": stages.CURRENT, "name": f"burst story {sid}"} for sid in ids)
         all_done = await watch.wait_done(ids, args.timeout)
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         await asyncio.sleep(0.5)  # stray deletes and records land
     doc.close()
     first = [ledger.first_job[(sid, stages.CURRENT)] - started for sid in ids
@@ -120,6 +120,8 @@ async def burst(url: str, nodes: list[Node], ledger: Ledger, args: argparse.Name
               f"all after {ms(max(first))} (as the drivers saw them, polling every 20 ms)")
     print(f"    all {len(ids)} stories done: {'yes' if all_done else 'NO'} after {wall:.2f} s; "
           f"{runs} runs completed")
+    print(f"    this process (all {len(nodes)} nodes, their in-memory APIs and drivers) used {cpu:.1f} s of CPU in "
+          f"those {wall:.1f} s ({cpu / wall:.0%} of a core): above ~90% the nodes wait for each other here")
     shares = sorted(by_node[n.node_id] for n in nodes)
     print(f"    runs per node: min {shares[0]}, median {statistics.median(shares):g}, max {shares[-1]} "
           f"(even share {runs / len(nodes):.0f})")
