@@ -192,20 +192,23 @@ def choose_claims(
         return Choice([])
     room = {node: slots for node, slots in capacities.items() if node != me and slots > 0 and not is_dead(node)}
     room[me] = free
-    ready: list[Story] = []
+    ready: list[tuple[int, Story]] = []
     recheck: float | None = None
     for story in candidates:
         if story.story_id in cooling:
             continue
         if not decide(story, me=me, stories=stories, is_dead=is_dead).wants_claim:
             continue
-        due = rank(story.story_id, room).index(me) * spread_delay - waited(story.story_id)
+        place = rank(story.story_id, room).index(me)
+        due = place * spread_delay - waited(story.story_id)
         if due <= 0:
-            ready.append(story)
+            ready.append((place, story))
         else:
             recheck = due if recheck is None else min(recheck, due)
-    ready.sort(key=priority_key)
-    return Choice(ready[:free], recheck)
+    # Within a stage, a node takes first the stories it ranks best for: when several nodes free a
+    # slot at once with a backlog, they then reach for different stories instead of the same one.
+    ready.sort(key=lambda item: (priority_key(item[1])[0], item[0], priority_key(item[1])[1:]))
+    return Choice([story for _, story in ready[:free]], recheck)
 
 
 @dataclass(frozen=True, slots=True)

@@ -205,3 +205,28 @@ def test_takeover_of_a_dead_holder_is_chosen_and_live_holder_is_not() -> None:
 def test_ownership(s: Story | None, epoch: int, stage: str, keep: bool, reason: str) -> None:
     own = claims.check_ownership(s, me="me", epoch=epoch, stage=stage)
     assert own.keep is keep and reason in own.reason
+
+
+def test_nodes_freeing_a_slot_together_reach_for_different_stories_of_a_backlog() -> None:
+    """A backlog of stories that all waited past every rank's delay: two nodes with one free slot each
+    take the stories they rank first for, not the same lowest-numbered one (a race for one story)."""
+    backlog = [story(f"{i}_s") for i in range(1, 21)]
+    by_id = {s.story_id: s for s in backlog}
+
+    def first_choice(me: str, other: str) -> str:
+        choice = claims.choose_claims(
+            backlog, me=me, stories=by_id, is_dead=dead_set(), capacities={other: 1}, busy=0, max_concurrent=1,
+            waited=lambda _sid: 60.0, spread_delay=1.0)
+        (picked,) = choice.now
+        return picked.story_id
+
+    a, b = first_choice("node-a", "node-b"), first_choice("node-b", "node-a")
+    assert a != b
+    assert claims.rank(a, {"node-a": 1, "node-b": 1})[0] == "node-a"
+    assert claims.rank(b, {"node-a": 1, "node-b": 1})[0] == "node-b"
+    # Later stages still come first, whatever the rank.
+    merge = story("99_m", stage="4_merge")
+    choice = claims.choose_claims(
+        [*backlog, merge], me="node-a", stories={**by_id, "99_m": merge}, is_dead=dead_set(),
+        capacities={"node-b": 1}, busy=0, max_concurrent=1, waited=lambda _sid: 60.0, spread_delay=1.0)
+    assert [s.story_id for s in choice.now] == ["99_m"]
