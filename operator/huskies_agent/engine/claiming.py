@@ -124,6 +124,7 @@ async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
         written = await _confirmed(ctx, written)
         if not written:
             return
+        confirmed = ctx.mono()
         if ctx.settings.claim_settle_seconds:
             await ctx.sleep(ctx.settings.claim_settle_seconds)
         starts = []
@@ -137,7 +138,7 @@ async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
                 continue
             ctx.metrics.claims.labels("won").inc()
             starts.append(objects.RunSpec(sid, stage, ctx.me, claim.epoch))
-        await asyncio.gather(*(lifecycle.start_run(ctx, spec, seen) for spec in starts))
+        await asyncio.gather(*(lifecycle.start_run(ctx, spec, seen, confirmed=confirmed) for spec in starts))
     finally:
         ctx.table.claiming.difference_update(ids)
     ctx.capacity_changed()
