@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from huskies_agent.metrics import Metrics
 
@@ -16,14 +17,12 @@ async def serve(host: str, port: int, metrics: Metrics, ready: Callable[[], bool
     async def readyz(_: web.Request) -> web.Response:
         return web.Response(text="ready") if ready() else web.Response(status=503, text="not ready")
 
-    async def metrics_view(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type": "version=0.0.4"})
-
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
+    # prometheus_client's own handler: the standard content type (text format 0.0.4, or OpenMetrics
+    # when the scraper asks for it), compression and ?name[]= filtering.
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -181,9 +181,9 @@ def test_storyjob_printer_columns(install: Install) -> None:
         table = _table(install.api, f"/apis/huskies.dev/v1alpha1/namespaces/{NS}/storyjobs")
         assert table["kind"] == "Table"
         columns = [c["name"] for c in table["columnDefinitions"] if c.get("priority", 0) == 0]
-        assert columns[1:] == ["Story", "Stage", "Phase", "Node", "Age"], columns  # after Name
+        assert columns[1:] == ["Story", "Stage", "Phase", "Reason", "Started", "Age"], columns  # after Name
         wide = [c["name"] for c in table["columnDefinitions"] if c.get("priority", 0) > 0]
-        assert wide == ["Epoch", "Reason"]
+        assert wide == ["Node", "Epoch", "Job", "Commit", "Cost"]
         (row,) = table["rows"]
         names = [c["name"] for c in table["columnDefinitions"]]
         cells = dict(zip(names, row["cells"], strict=True))

@@ -467,9 +467,12 @@ def test_network_policy(helm: Helm, url: str, port: int) -> None:
 def _metric_families() -> set[str]:
     from huskies_agent.metrics import Metrics
 
+    metrics = Metrics()
+    metrics.lead()  # the leader's families: the rendezvous connection gauges too
     names = set()
-    for family in Metrics().registry.collect():
-        names.add(family.name + ("_total" if family.type == "counter" else ""))
+    for family in metrics.registry.collect():
+        if family.name.startswith("huskies_"):  # not the process and platform collectors'
+            names.add(family.name + ("_total" if family.type == "counter" else ""))
     return names
 
 

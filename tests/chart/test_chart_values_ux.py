@@ -101,12 +101,30 @@ def test_prometheus_rule_alerts(helm: Helm) -> None:
     rule = find(docs, "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kps"
     alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
-    assert set(alerts) >= {"HuskiesAgentNoLeader", "HuskiesAgentRendezvousDisconnected", "HuskiesAgentHighFailureRatio"}
+    assert set(alerts) >= {"HuskiesAgentNoLeader", "HuskiesAgentRendezvousDisconnected", "HuskiesAgentHighFailureRatio",
+                           "HuskiesAgentStoriesBlocked", "HuskiesAgentSlowClaimToRunning"}
     for alert in alerts.values():
         assert 'namespace="huskies-agent"' in alert["expr"], alert["expr"]
         assert alert["labels"]["severity"] in ("critical", "warning")
         assert alert["annotations"]["description"]
     assert not [d for d in helm.render(sets=[f"rendezvous.url={URL}"]) if d["kind"] == "PrometheusRule"]
+
+
+def test_new_alerts_take_their_thresholds_from_values_and_look_at_the_leader(helm: Helm) -> None:
+    docs = helm.render(sets=[f"rendezvous.url={URL}", "metrics.prometheusRule.enabled=true",
+                             "metrics.prometheusRule.blockedStories=3", "metrics.prometheusRule.blockedFor=20m",
+                             "metrics.prometheusRule.claimToRunningP99Seconds=450",
+                             "metrics.prometheusRule.claimToRunningFor=7m"])
+    alerts = {r["alert"]: r for r in find(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]}
+    blocked, slow = alerts["HuskiesAgentStoriesBlocked"], alerts["HuskiesAgentSlowClaimToRunning"]
+    assert blocked["expr"].rstrip().endswith("> 3") and blocked["for"] == "20m"
+    assert 'blocked="true"' in blocked["expr"] and "huskies_leader" in blocked["expr"]
+    assert "histogram_quantile(0.99" in slow["expr"] and "huskies_claim_to_running_seconds_bucket" in slow["expr"]
+    assert slow["expr"].rstrip().endswith("> 450") and slow["for"] == "7m"
+    # Standbys export no connection sample: the disconnected alert is scoped to the Lease holder.
+    assert alerts["HuskiesAgentRendezvousDisconnected"]["expr"].startswith("(huskies_leader{")
+    with pytest.raises(AssertionError):
+        helm.render(sets=[f"rendezvous.url={URL}", "metrics.prometheusRule.blockedFor=soon"])
 
 
 def test_notes_point_at_docs_a_packaged_chart_user_can_open() -> None:

@@ -130,6 +130,8 @@ class FakeKube:
     # ------------------------------------------------------------------ KubeApi
     async def create_storyjob(self, body: Mapping[str, Any]) -> dict[str, Any]:
         self._call("create_storyjob", body["metadata"]["name"])
+        # The API server starts a custom resource at generation 1 (status writes never bump it).
+        body = {**body, "metadata": {**body["metadata"], "generation": 1}}
         return copy.deepcopy(self._create(self.storyjobs, body))
 
     async def get_storyjob(self, name: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 async def test_sync_state_document_size_and_counters_are_exported() -> None:
     metrics = Metrics()
+    metrics.lead()  # only the leader exports the connection gauges
     doc = PipelineDoc()
     async with RendezvousServer(port=0) as server:
         client = fast_client(doc, server.url)

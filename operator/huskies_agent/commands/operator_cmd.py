@@ -65,12 +65,13 @@ async def operate(settings: Any) -> int:
     from huskies_agent.sync.stats import export_sync_metrics
 
     log.info("starting", extra={"settings": settings.public_dict()})
+    metrics = Metrics()
+    metrics.max_concurrent.set(settings.max_concurrent)
     api = await connect()
-    kube = Kube(api, settings.namespace)
+    kube = Kube(api, settings.namespace, on_error=metrics.api_error)
     node_id = await retry_forever(lambda: ensure_node_id(kube, settings), "read the node identity")
     log.info("node id %s, replica %s, namespace %s", node_id, settings.replica_id, settings.namespace)
 
-    metrics = Metrics()
     slot = EngineSlot()
     elector = LeaderElector(kube, settings)
     stop = asyncio.Event()
@@ -86,7 +87,7 @@ async def operate(settings: Any) -> int:
 
     async def lead() -> None:
         await elector.wait_leader()
-        metrics.leader.set(1)
+        metrics.lead()  # standbys export no rendezvous connection sample (docs/install.md, alerts)
         doc = PipelineDoc(limits=settings.parse_limits)
         client = RendezvousClient(
             doc, settings.rendezvous_url, token=settings.rendezvous_token, max_size=settings.ws_max_size,

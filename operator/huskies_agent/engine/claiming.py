@@ -127,6 +127,7 @@ async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
         written = await _confirmed(ctx, written)
         if not written:
             return
+        confirmed = ctx.mono()
         if ctx.settings.claim_settle_seconds:
             await ctx.sleep(ctx.settings.claim_settle_seconds)
         starts = []
@@ -140,7 +141,7 @@ async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
                 continue
             ctx.metrics.claims.labels("won").inc()
             starts.append(objects.RunSpec(sid, stage, ctx.me, claim.epoch))
-        await asyncio.gather(*(lifecycle.start_run(ctx, spec, seen) for spec in starts))
+        await asyncio.gather(*(lifecycle.start_run(ctx, spec, seen, confirmed=confirmed) for spec in starts))
     finally:
         ctx.table.claiming.difference_update(ids)
     node.claim_pause(ctx)  # what is in flight changed: the daily budget may be reached now

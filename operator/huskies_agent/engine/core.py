@@ -26,6 +26,7 @@ from huskies_agent.engine.phases import Phase
 from huskies_agent.engine.ports import KubeApi, Monotonic, Replicator, WallClock
 from huskies_agent.engine.runs import Run
 from huskies_agent.metrics import Metrics
+from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.document import Changes, PipelineDoc
 from huskies_agent.settings import Settings
 from huskies_agent.spend import SpendLedger
@@ -132,6 +133,7 @@ class Engine:
         ctx.metrics.initial_sync.set(ctx.mono() - sync_started)
         self._link_synced()
         ctx.metrics.doc_stories.set(len(ctx.doc.stories))
+        export_stories(ctx)
         await self._adopt_until_done()
         self.active = True
         self.activated.set()
@@ -206,6 +208,7 @@ class Engine:
         ctx.metrics.doc_stories.set(len(ctx.doc.stories))
         ctx.metrics.doc_malformed.set(len(ctx.doc.malformed))
         ctx.metrics.doc_bytes.set(len(ctx.doc.encode_update()))
+        export_stories(ctx)
         ctx.table.prune(ctx.mono())
         ctx.node.uncounted = {sid: n for sid, n in ctx.node.uncounted.items()
                               if (story := ctx.doc.story(sid)) is not None and not story.blocked}
@@ -228,3 +231,10 @@ class Engine:
     async def on_pod_event(self, event_type: str, pod: Mapping[str, Any]) -> None:
         if self.active:
             await observe.on_pod_event(self.ctx, event_type, pod)
+
+
+def export_stories(ctx: Context) -> None:
+    """Stories by stage and blocked flag, and those waiting here for room (refreshed on the resync)."""
+    ctx.metrics.set_stories((s.stage if stages.is_stage(s.stage) else "other", s.blocked)
+                            for s in ctx.doc.stories.values())
+    ctx.metrics.waiting.set(len(ctx.waiting))

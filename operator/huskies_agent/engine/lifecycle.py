@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from huskies_agent.backoff import Backoff
-from huskies_agent.engine import node
+from huskies_agent.engine import conditions, node
 from huskies_agent.engine.context import Context
 from huskies_agent.engine.outcomes import (
     DocAction,
@@ -49,8 +49,9 @@ def timeouts(ctx: Context) -> Timeouts:
 
 # ---------------------------------------------------------------------- starting
 
-async def start_run(ctx: Context, spec: objects.RunSpec, seen: float) -> None:
-    """Create the StoryJob and its Job (idempotent by name) for a confirmed claim."""
+async def start_run(ctx: Context, spec: objects.RunSpec, seen: float, *, confirmed: float | None = None) -> None:
+    """Create the StoryJob and its Job (idempotent by name) for a confirmed claim
+    (``confirmed``: when the claim was confirmed, for the claim-to-running latency)."""
     sid = spec.story_id
     table = ctx.table
     failure: StartFailed | None = None
@@ -58,7 +59,7 @@ async def start_run(ctx: Context, spec: objects.RunSpec, seen: float) -> None:
     async with table.locks[sid], ctx.create_slots:
         if sid in table.runs or sid in table.pending:
             return
-        run = Run(spec=spec, started=seen)
+        run = Run(spec=spec, started=seen, claimed_at=confirmed)
         table.runs[sid] = run
         try:
             sj, job_made = await _storyjob_for(ctx, spec)
@@ -268,16 +269,63 @@ def apply_action(ctx: Context, spec: objects.RunSpec, action: DocAction, *, reas
 # ---------------------------------------------------------------------- status
 
 async def patch_run_status(ctx: Context, run: Run, status: Mapping[str, Any]) -> None:
-    """Status writes of a run never go back (Pending < Running < final, one final)."""
+    """Status writes of a run never go back (Pending < Running < final, one final).
+    Each carries the run's conditions (``conditions.implied`` by the fields written)."""
     phase = Phase.parse(status.get("phase")) or Phase.PENDING
     async with run.status_lock:
         if phase.rank < run.written_rank or (phase.final and run.written_rank == Phase.SUCCEEDED.rank):
             return
         run.written_rank = phase.rank
-        await patch_status(ctx, run.spec.name, status)
+        await _patch(ctx, run.spec.name, _with_conditions(ctx, run, status, conditions.implied(status)))
+
+
+async def note_condition(ctx: Context, run: Run, condition: conditions.Condition) -> None:
+    """Write one observed condition (e.g. PodScheduled) of a run still in progress, if it changed."""
+    async with run.status_lock:
+        if run.written_rank >= Phase.SUCCEEDED.rank:
+            return
+        old = conditions.find(_seed(run), condition.type)
+        if old is not None and (old.get("status"), old.get("reason")) == (condition.status.value, condition.reason):
+            return
+        async with ctx.followup_slots:
+            await _patch(ctx, run.spec.name, _with_conditions(ctx, run, {}, [condition]))
+
+
+def _seed(run: Run) -> list[dict[str, Any]]:
+    if not run.conditions and run.storyjob is not None:  # adopted: continue from what is written
+        run.conditions = list(((run.storyjob.get("status") or {}).get("conditions")) or [])
+    return run.conditions
+
+
+def _with_conditions(ctx: Context, run: Run, status: Mapping[str, Any],
+                     updates: list[conditions.Condition]) -> dict[str, Any]:
+    generation = conditions.generation_of(run.storyjob)
+    run.conditions = conditions.merge(_seed(run), updates, now=iso(ctx.clock()), generation=generation)
+    body = {**status, "conditions": run.conditions}
+    if generation is not None:
+        body["observedGeneration"] = generation
+    return body
 
 
 async def patch_status(ctx: Context, name: str, status: Mapping[str, Any], *, missing_ok: bool = True) -> None:
+    """A status write outside a live run (recording, recovery): the conditions written so far are
+    read back first, so that the ones this write implies join them."""
+    try:
+        current = await ctx.kube.get_storyjob(name)
+    except ApiException as exc:
+        if not (missing_ok and is_not_found(exc)):
+            log.warning("could not read storyjob %s for its status update: %s", name, exc.reason)
+        return
+    generation = conditions.generation_of(current)
+    existing = (current.get("status") or {}).get("conditions") or []
+    body = {**status, "conditions": conditions.merge(existing, conditions.implied(status), now=iso(ctx.clock()),
+                                                     generation=generation)}
+    if generation is not None:
+        body["observedGeneration"] = generation
+    await _patch(ctx, name, body, missing_ok=missing_ok)
+
+
+async def _patch(ctx: Context, name: str, status: Mapping[str, Any], *, missing_ok: bool = True) -> None:
     try:
         await ctx.kube.patch_storyjob_status(name, status)
     except ApiException as exc:

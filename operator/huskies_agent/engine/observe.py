@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from huskies_agent.engine import lifecycle
+from huskies_agent.engine import conditions, lifecycle
 from huskies_agent.engine.context import Context
 from huskies_agent.engine.outcomes import Disrupted, Finished, JobGone, Stuck, decide
 from huskies_agent.engine.phases import StuckKind
@@ -108,6 +108,13 @@ async def on_pod_event(ctx: Context, event_type: str, pod: Mapping[str, Any]) ->
         ctx.metrics.claims.labels("released").inc()
         await lifecycle.end_run(ctx, run, decide(Disrupted(why)))
         return
+    scheduled = conditions.pod_scheduled(pod)
+    if scheduled is not None:
+        await lifecycle.note_condition(ctx, run, scheduled)
+    if (pod.get("status") or {}).get("phase") == "Running" and not run.running_seen:
+        run.running_seen = True
+        if run.claimed_at is not None:
+            ctx.metrics.claim_to_running.observe(ctx.mono() - run.claimed_at)
     found = stuck(pod)
     if found is None:
         run.stuck_since.clear()

@@ -31,6 +31,12 @@ class Run:
     #: never overwrites "Running", nor either of them a final phase.
     status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     written_rank: int = -1
+    #: The StoryJob's ``status.conditions`` as last written (a merge patch replaces the list whole).
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    #: Monotonic time this node's claim was confirmed (``None``: resumed or adopted, not timed).
+    claimed_at: float | None = None
+    #: The pod was seen Running (claim-to-running is observed once).
+    running_seen: bool = False
 
 
 class RunTable:

@@ -136,8 +136,12 @@ class Kube:
     def __init__(
         self, connection: Connection, namespace: str, *, retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_error: Callable[[str, int | str], None] | None = None,
     ) -> None:
         self.connection = connection
+        #: Told of every failed call, retried or not: (verb, HTTP status or ``"connection"``).
+        #: The operator counts them in a metric; this layer does not know about metrics.
+        self.on_error = on_error
         self.namespace = namespace
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
@@ -169,11 +173,13 @@ class Kube:
             try:
                 return await self._request_once(method, path, body, params, content_type)
             except ApiError as exc:
+                self._count(method, exc.status)
                 if attempt >= policy.attempts or not should_retry(method, exc):
                     raise
                 failure: BaseException = exc
                 delay = backoff.next_delay(min(exc.retry_after or 0.0, policy.max_retry_after))
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                self._count(method, "connection")
                 if attempt >= policy.attempts or not should_retry(method, None):
                     raise
                 failure = exc
@@ -182,6 +188,13 @@ class Kube:
                       attempt + 1, policy.attempts, delay)
             await self._sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _count(self, method: str, code: int | str) -> None:
+        if self.on_error is not None:
+            try:
+                self.on_error(method, code)
+            except Exception:  # a metric must never break an API call
+                log.debug("error hook failed", exc_info=True)
 
     async def _request_once(
         self, method: str, path: str, body: Any, params: Mapping[str, Any] | None, content_type: str,
