@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testbin lint venv run
+.PHONY: test testbin images registry lint venv run
 
 # The venv is (re)installed when pyproject.toml changes.
 $(PY):
@@ -24,7 +24,17 @@ venv: $(STAMP)
 testbin:
 	bash tools/testbin/build.sh
 
-test: venv testbin lint
+# Both Dockerfile targets built with buildah (the Debian base image made locally with mmdebstrap;
+# buildah, skopeo and mmdebstrap from Debian's packages), and the test registry (go-containerregistry)
+# into ~/.cache; cheap when cached. See tools/images/build.sh.
+images:
+	bash tools/images/install-deps.sh
+	bash tools/images/build.sh
+
+registry:
+	bash tools/registry/build.sh
+
+test: venv testbin images registry lint
 	$(VENV)/bin/pytest
 
 lint: venv
