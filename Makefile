@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testbin images registry lint venv run
+.PHONY: test testbin images registry node lint venv run
 
 # The venv is (re)installed when pyproject.toml changes.
 $(PY):
@@ -34,7 +34,14 @@ images:
 registry:
 	bash tools/registry/build.sh
 
-test: venv testbin images registry lint
+# The real node: containerd, runc and CNI plugins from Debian; kubelet (same Kubernetes version as the
+# control plane, its own Go module) and the sandbox image built into ~/.cache. See tools/node/build.sh.
+node: images
+	bash tools/images/install-deps.sh containerd=containerd ctr=containerd runc=runc \
+	    /usr/lib/cni/loopback=containernetworking-plugins nsenter=util-linux gcc=gcc
+	bash tools/node/build.sh
+
+test: venv testbin images registry node lint
 	$(VENV)/bin/pytest
 
 lint: venv

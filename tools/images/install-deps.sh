@@ -3,7 +3,7 @@
 # buildah (builds the Dockerfile without a daemon), skopeo (copies images to a registry) and
 # mmdebstrap (makes the Debian base image locally). Cheap when they are present.
 #
-# Usage: tools/images/install-deps.sh [extra-package ...]
+# Usage: tools/images/install-deps.sh [command=package ...]   # more tools (a command or a path)
 # Fails loudly, naming the step, when a tool is missing and cannot be installed.
 set -euo pipefail
 
@@ -11,12 +11,13 @@ fail() { echo "images: INSTALL FAILED at step: $1" >&2; exit 1; }
 
 # command -> Debian package
 declare -A want=([buildah]=buildah [skopeo]=skopeo [mmdebstrap]=mmdebstrap)
-for extra in "$@"; do want[$extra]=$extra; done
+for extra in "$@"; do want[${extra%%=*}]=${extra#*=}; done
 
 missing=()
 for cmd in "${!want[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${want[$cmd]}")
 done
+[ "${#missing[@]}" = 0 ] || mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 [ "${#missing[@]}" = 0 ] && exit 0
 
 command -v apt-get >/dev/null || fail "install ${missing[*]} (no apt-get here: install them with your package manager)"
