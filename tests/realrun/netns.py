@@ -69,7 +69,7 @@ class NetNs:
             _ip("netns", "delete", self.name)
 
 
-def _listen_inside(netns: Path, port: int) -> socket.socket:
+def _listen_inside(netns: Path, host: str, port: int) -> socket.socket:
     made: list[socket.socket] = []
     errors: list[BaseException] = []
 
@@ -84,7 +84,7 @@ def _listen_inside(netns: Path, port: int) -> socket.socket:
                 os.close(fd)
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
             sock.listen(64)
             made.append(sock)
         except BaseException as exc:  # reported to the caller below
@@ -94,17 +94,17 @@ def _listen_inside(netns: Path, port: int) -> socket.socket:
     thread.start()
     thread.join()
     if errors:
-        raise NetNsError(f"listen on 127.0.0.1:{port} inside {netns}: {errors[0]}")
+        raise NetNsError(f"listen on {host}:{port} inside {netns}: {errors[0]}")
     return made[0]
 
 
 class Forward:
-    """127.0.0.1:<port> inside ``netns`` -> 127.0.0.1:<target_port> on the host."""
+    """<host>:<port> inside ``netns`` (loopback by default) -> 127.0.0.1:<target_port> on the host."""
 
-    def __init__(self, netns: NetNs, port: int, target_port: int | None = None) -> None:
+    def __init__(self, netns: NetNs, port: int, target_port: int | None = None, host: str = "127.0.0.1") -> None:
         self.port = port
         self.target = ("127.0.0.1", target_port or port)
-        self._listener = _listen_inside(netns.path, port)
+        self._listener = _listen_inside(netns.path, host, port)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept, name=f"forward-{port}", daemon=True)
         self._thread.start()

@@ -2,11 +2,14 @@
 built from the control plane's own Kubernetes version (tools/node/build.sh), all inside a network
 namespace the test creates (:mod:`tests.realrun.netns`).
 
-The node reaches the API server and the registry only through loopback forwards on the same port
-numbers, so the control plane's kubeconfig and the registry's ``127.0.0.1:<port>`` image names work
-unchanged inside the namespace. Pods run with ``hostNetwork`` (the node's namespace: CNI has only
-``loopback``). The node is tainted so the kwok tier's pods never land on it. :meth:`RealNode.stop`
-kills every container, shim, kubelet and containerd it started and unmounts what they mounted.
+The node reaches the API server and the registry only through forwards on the same port numbers
+(listening on all of the namespace's addresses), so the control plane's kubeconfig and the
+registry's ``127.0.0.1:<port>`` image names work unchanged inside the namespace. Pods run with
+``hostNetwork`` (the node's namespace) or on a bridge (``10.252.0.0/24``) inside the namespace: from
+there they reach the forwards at the bridge's gateway, and the ``kubernetes`` Service address
+(10.0.0.1:443) is NATed to the API server's forward, standing in for kube-proxy for that one
+Service. The node is tainted so the kwok tier's pods never land on it. :meth:`RealNode.stop` kills
+every container, shim, kubelet and containerd it started and unmounts what they mounted.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from urllib.parse import urlsplit
 from tests.realrun.netns import Forward, NetNs
 
 SANDBOX_IMAGE = "localhost/huskies-pause:latest"
+#: The pods' bridge inside the node's namespace; its gateway is where pods reach the forwards.
+POD_SUBNET = "10.252.0.0/24"
+POD_GATEWAY = "10.252.0.1"
+#: The control plane's ``kubernetes`` Service (first address of its service range).
+KUBERNETES_SERVICE_IP = "10.0.0.1"
 TAINT_KEY = "huskies.dev/real-node"
 START_TIMEOUT = 120.0
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -46,6 +54,7 @@ class RealNode:
     netns: NetNs | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _forwards: list[Forward] = field(default_factory=list)
+    _netns_before: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ paths
     @property
@@ -65,6 +74,7 @@ class RealNode:
         api_port = urlsplit(self._server()).port
         assert api_port is not None
         self.start_runtime(extra_ports=(api_port,))
+        self._nat_kubernetes_service(api_port)
         self.ctr("images", "import", "--base-name", SANDBOX_IMAGE.rsplit(":", 1)[0],
                  "--index-name", SANDBOX_IMAGE, str(self.node_bin / "pause.oci.tar"))
         self._start_kubelet()
@@ -72,10 +82,20 @@ class RealNode:
     def start_runtime(self, extra_ports: tuple[int, ...] = ()) -> None:
         """The namespace, its loopback forwards and containerd (no kubelet)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._netns_before = _named_netns()
         self.netns = NetNs()
         for port in (*extra_ports, *self.forward_ports):
-            self._forwards.append(Forward(self.netns, port))
+            self._forwards.append(Forward(self.netns, port, host="0.0.0.0"))
         self._start_containerd()
+
+    def _nat_kubernetes_service(self, api_port: int) -> None:
+        assert self.netns is not None
+        proc = subprocess.run(self.netns.argv([
+            "iptables", "-t", "nat", "-A", "PREROUTING", "-d", f"{KUBERNETES_SERVICE_IP}/32", "-p", "tcp",
+            "--dport", "443", "-j", "DNAT", "--to-destination", f"{POD_GATEWAY}:{api_port}",
+        ]), capture_output=True, text=True, timeout=30, check=False)
+        if proc.returncode != 0:
+            raise NodeError(f"iptables DNAT for the kubernetes Service failed: {proc.stderr}")
 
     def _server(self) -> str:
         import yaml
@@ -108,8 +128,17 @@ class RealNode:
         root = self.workdir / "containerd"
         cni_conf = self.workdir / "cni"
         cni_conf.mkdir(parents=True, exist_ok=True)
-        (cni_conf / "10-loopback.conflist").write_text(json.dumps({
-            "cniVersion": "1.0.0", "name": "huskies-loopback", "plugins": [{"type": "loopback"}],
+        (cni_conf / "10-pods.conflist").write_text(json.dumps({
+            "cniVersion": "1.0.0",
+            "name": "huskies-pods",
+            "plugins": [{
+                "type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local", "dataDir": str(self.workdir / "cni-ipam"),
+                    "ranges": [[{"subnet": POD_SUBNET, "gateway": POD_GATEWAY}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            }],
         }))
         mirrors = "".join(
             f'[plugins."io.containerd.grpc.v1.cri".registry.mirrors."127.0.0.1:{p}"]\n'
@@ -227,6 +256,10 @@ class RealNode:
         _unmount_below(self.workdir)
         _remove_links_into(Path("/var/log/containers"), self.workdir)
         _remove_empty_cgroups("k8s.io")
+        # containerd pins each pod sandbox's namespace as /run/netns/cni-<id>; killed sandboxes leave it.
+        for name in sorted(_named_netns() - self._netns_before):
+            if name.startswith("cni-"):
+                subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
         if self.netns is not None:
             self.netns.close()
             self.netns = None
@@ -276,6 +309,11 @@ def _remove_links_into(directory: Path, target: Path) -> None:
         with contextlib.suppress(OSError):
             if link.is_symlink() and os.readlink(link).startswith(prefix):
                 link.unlink()
+
+
+def _named_netns() -> frozenset[str]:
+    directory = Path("/run/netns")
+    return frozenset(p.name for p in directory.iterdir()) if directory.is_dir() else frozenset()
 
 
 def _remove_empty_cgroups(name: str) -> None:

@@ -9,18 +9,15 @@ capabilities, the way the chart's pods do.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tests.realrun.artifacts import NODE_SCRIPT, artifact_dir
-from tests.realrun.conftest import Published
+from tests.realrun.conftest import NODE, Published
 from tests.realrun.node import TAINT_KEY, RealNode, node_ready
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-NODE = "real-node-0"
 NS = "huskies-realnode"
 POD_TIMEOUT = 300.0
 
@@ -34,47 +31,9 @@ def _wait(predicate: Callable[[], bool], what: str, node: RealNode, timeout: flo
 
 
 @pytest.fixture(scope="module")
-def core(cluster: Any) -> Iterator[Any]:
-    from kubernetes import client, config
-
-    api = config.new_client_from_config(config_file=str(cluster.kubeconfig_path))
-    try:
-        yield client.CoreV1Api(api)
-    finally:
-        api.close()
-
-
-@pytest.fixture(scope="module")
-def real_node(
-    cluster: Any, core: Any, published: Published, tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[RealNode]:
-    from kubernetes.client.exceptions import ApiException
-
-    node = RealNode(
-        NODE, artifact_dir(NODE_SCRIPT), Path(cluster.kubeconfig_path), tmp_path_factory.mktemp("real-node"),
-        forward_ports=(published.registry.port,),
-    )
-    try:
-        node.start()
-
-        def ready() -> bool:
-            try:
-                return node_ready(core.read_node(NODE).to_dict())
-            except ApiException as exc:
-                if exc.status == 404:
-                    return False
-                raise
-
-        node.wait_ready(ready)
-        cluster.create_namespace(NS)
-        yield node
-    finally:
-        node.stop()
-        try:
-            core.delete_node(NODE)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+def namespace(real_node: RealNode, cluster: Any) -> str:
+    cluster.create_namespace(NS)
+    return NS
 
 
 def test_node_registers_ready_and_is_not_kwoks(real_node: RealNode, core: Any) -> None:
@@ -100,7 +59,9 @@ def _container(name: str, image: str, script: str) -> dict[str, Any]:
     }
 
 
-def test_pod_runs_both_registry_images(real_node: RealNode, core: Any, published: Published) -> None:
+def test_pod_runs_both_registry_images(
+    real_node: RealNode, core: Any, published: Published, namespace: str,
+) -> None:
     name = "images-smoke"
     core.create_namespaced_pod(NS, {
         "apiVersion": "v1",
