@@ -4,31 +4,52 @@
 #   docker build --target operator -t huskies-agent:0.1.0 .
 #   docker build --target runner   -t huskies-agent-runner:0.1.0 .
 #
-# Base images and the Claude Code CLI are pinned by version; bump them together.
-# Nothing secret is baked in: tokens and keys reach the pods from Secrets at run time.
+# Everything comes from Debian 12 (Python 3.11 from Debian's packages), so `make test` builds this
+# very file with buildah from a base image it makes locally with mmdebstrap under the same name
+# (tools/images/build.sh): what you build and what the tests run differ only in where the base came
+# from. The base and the Claude Code CLI are pinned by version; bump them together.
+# Nothing secret is baked in: tokens and keys reach the pods from Secrets at run time. Behind a
+# TLS-intercepting proxy, hand its CA bundle to the two download steps (never to the images) with
+# `--secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt`.
 
 ARG CLAUDE_CODE_VERSION=2.1.332
 
+# ---------------------------------------------------------------- base: Debian + Python 3.11 + tini
+FROM docker.io/library/debian:12.15-slim AS base
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 tini \
+ && rm -rf /var/lib/apt/lists/*
+
 # ---------------------------------------------------------------- build: the Python package
-FROM python:3.11.13-slim-bookworm AS build
+FROM base AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates python3-venv \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # .dockerignore lets in only pyproject.toml, README.md, LICENSE and operator/ without the development
 # package operator/huskies_agent_dev, so the venv holds the runtime package huskies_agent alone.
 COPY . .
-RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install . \
+RUN --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt,required=false \
+    python3 -m venv /opt/venv \
+ && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/venv/bin/pip install . \
+ && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
  && /opt/venv/bin/huskies-agent version \
  && ! /opt/venv/bin/python -c "import huskies_agent_dev" 2>/dev/null
 
-# ---------------------------------------------------------------- claude: Node.js + Claude Code CLI
-# Claude Code needs Node.js >= 22; its npm package installs a native binary for the platform.
-FROM node:22.16.0-bookworm-slim AS claude
+# ---------------------------------------------------------------- claude: the Claude Code CLI
+# npm installs the CLI's native binary for the platform; only that binary reaches the runner
+# (it needs glibc alone, no Node.js), so Debian's Node.js here only runs the installer.
+FROM base AS claude
 ARG CLAUDE_CODE_VERSION
-RUN npm install --global --omit=dev "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}" \
- && npm cache clean --force \
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates nodejs npm \
+ && rm -rf /var/lib/apt/lists/*
+RUN --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt,required=false \
+    NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt \
+    npm install --global --omit=dev --no-audit --no-fund "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}" \
  && cp "$(readlink -f "$(command -v claude)")" /opt/claude \
  && test "$(stat -c %s /opt/claude)" -gt 1000000 \
  && /opt/claude --version
@@ -37,10 +58,16 @@ RUN npm install --global --omit=dev "@anthropic-ai/claude-code@${CLAUDE_CODE_VER
 # One image, three containers in the story pod (huskies_agent/contract.py): `run-story clone`
 # and `run-story publish` as uid 10002 (huskies-git, holds the git Secret), `run-story agent`
 # as uid 10001 (huskies, runs Claude Code). ssh needs a passwd entry for the uid it runs as.
-FROM python:3.11.13-slim-bookworm AS runner
+FROM base AS runner
+LABEL org.opencontainers.image.title="huskies-agent-runner" \
+      org.opencontainers.image.description="Runs one claimed huskies story: clone, Claude Code, fenced push" \
+      org.opencontainers.image.source="https://github.com/huskies/huskies-agent" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.base.name="docker.io/library/debian:12.15-slim"
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      ca-certificates git openssh-client libstdc++6 procps ripgrep \
+      ca-certificates git openssh-client procps ripgrep \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 huskies \
  && useradd --uid 10001 --gid 10001 --home-dir /work/home --no-create-home --shell /usr/sbin/nologin huskies \
@@ -49,12 +76,7 @@ RUN apt-get update \
       --shell /usr/sbin/nologin huskies-git \
  && mkdir -p /work/home \
  && chown -R 10001:10001 /work
-COPY --from=claude /usr/local/bin/node /usr/local/bin/node
-COPY --from=claude /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/npm
 COPY --from=claude /opt/claude /usr/local/bin/claude
-RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
- && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
- && node --version
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -65,10 +87,19 @@ ENV PATH=/opt/venv/bin:$PATH \
     CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1
 WORKDIR /work
 USER 10001:10001
-ENTRYPOINT ["huskies-agent", "run-story"]
+# tini (PID 1) reaps what the agent's tools leave behind and forwards SIGTERM; a pod that sets
+# only `args` keeps it.
+ENTRYPOINT ["/usr/bin/tini", "--", "huskies-agent"]
+CMD ["run-story"]
 
 # ---------------------------------------------------------------- operator: the controller image
-FROM python:3.11.13-slim-bookworm AS operator
+FROM base AS operator
+LABEL org.opencontainers.image.title="huskies-agent" \
+      org.opencontainers.image.description="Kubernetes operator that turns a cluster into build capacity for a huskies pipeline" \
+      org.opencontainers.image.source="https://github.com/huskies/huskies-agent" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.base.name="docker.io/library/debian:12.15-slim"
 RUN groupadd --gid 10001 huskies \
  && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin huskies
 COPY --from=build /opt/venv /opt/venv
@@ -77,4 +108,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001
 EXPOSE 8080
-ENTRYPOINT ["huskies-agent", "operator"]
+# The chart's Deployment sets `args` (global flags, then `operator ...`), replacing CMD only.
+ENTRYPOINT ["/usr/bin/tini", "--", "huskies-agent"]
+CMD ["operator"]

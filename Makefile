@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testbin claude-cli faketime lint venv run devcluster
+.PHONY: test testbin claude-cli faketime images registry node lint venv run devcluster
 
 # The venv is (re)installed when pyproject.toml changes.
 $(PY):
@@ -32,7 +32,24 @@ claude-cli:
 faketime:
 	bash tools/faketime/install.sh >/dev/null
 
-test: venv testbin claude-cli faketime lint
+# Both Dockerfile targets built with buildah (the Debian base image made locally with mmdebstrap;
+# buildah, skopeo and mmdebstrap from Debian's packages), and the test registry (go-containerregistry)
+# into ~/.cache; cheap when cached. See tools/images/build.sh.
+images:
+	bash tools/images/install-deps.sh
+	bash tools/images/build.sh
+
+registry:
+	bash tools/registry/build.sh
+
+# The real node: containerd, runc and CNI plugins from Debian; kubelet (same Kubernetes version as the
+# control plane, its own Go module) and the sandbox image built into ~/.cache. See tools/node/build.sh.
+node: images
+	bash tools/images/install-deps.sh containerd=containerd ctr=containerd runc=runc \
+	    /usr/lib/cni/loopback=containernetworking-plugins nsenter=util-linux gcc=gcc
+	bash tools/node/build.sh
+
+test: venv testbin claude-cli faketime images registry node lint
 	$(VENV)/bin/pytest
 
 # ruff, mypy (strict) and the import contracts of pyproject.toml (docs/architecture.md).
