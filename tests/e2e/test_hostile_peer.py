@@ -16,24 +16,12 @@ from pathlib import Path
 
 import pytest
 from tests.e2e.harness import eventually, flush, kube, metrics_text, pipeline
-from tests.sync.hostile import nested_list, nested_update
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosedError
+from tests.sync.hostile import nested_list, nested_update, refused_close
 
 from huskies_agent.sync import protocol
 from huskies_agent_dev.localrun import Proc, start_operator, start_rendezvous
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
-
-
-async def _refused(url: str, frame: bytes) -> tuple[int, str]:
-    async with connect(url, max_size=None) as ws:
-        await ws.send(frame)
-        with pytest.raises(ConnectionClosedError) as closed:
-            while True:
-                await ws.recv()
-    assert closed.value.rcvd is not None
-    return closed.value.rcvd.code, closed.value.rcvd.reason
 
 
 async def test_hostile_values_stop_neither_the_rendezvous_nor_a_restarted_operator(
@@ -55,7 +43,7 @@ async def test_hostile_values_stop_neither_the_rendezvous_nor_a_restarted_operat
         jobs_before = {j["metadata"]["uid"] for j in await k.list_jobs("")}
 
         # 1. Deeper than the rendezvous takes: refused with a reason, the writer's connection closed.
-        code, reason = await _refused(url, protocol.encode_update(nested_update(1200)))
+        code, reason = await refused_close(url, protocol.encode_update(nested_update(1200)))
         assert code == 1008 and "nested deeper than 256" in reason
         # 2. Within the rendezvous' bound but deeper than the operator's document_max_depth (16).
         async with pipeline(url) as evil:

@@ -84,3 +84,18 @@ class RawSocket:
 
     def close(self) -> None:
         self.writer.close()
+
+
+async def refused_close(url: str, frame: bytes) -> tuple[int, str]:
+    """Send ``frame`` on a fresh connection; the close code and reason the server answers with."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosedError
+
+    async with connect(url, max_size=None) as ws:
+        await ws.send(frame)
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosedError as closed:
+            assert closed.rcvd is not None, "closed without a close frame"
+            return closed.rcvd.code, closed.rcvd.reason

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from tests.helpers.rendezvous import Clients, RendezvousProcess, start_rendezvous, wait_until
-from tests.sync.hostile import RawSocket, nested_update, story_update, vm_rss_bytes
+from tests.sync.hostile import RawSocket, nested_update, refused_close, story_update, vm_rss_bytes
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.document import PipelineDoc
@@ -45,17 +45,6 @@ def _metric(text: str, name: str) -> float:
     raise AssertionError(f"no metric {name} in:\n{text}")
 
 
-async def _refused_close(url: str, frame: bytes) -> tuple[int, str]:
-    """Send ``frame`` on a fresh connection; the close code and reason the server answers with."""
-    async with connect(url, max_size=None) as ws:
-        await ws.send(frame)
-        with pytest.raises(ConnectionClosedError) as closed:
-            while True:
-                await ws.recv()
-    assert closed.value.rcvd is not None
-    return closed.value.rcvd.code, closed.value.rcvd.reason
-
-
 async def _replicates(clients: Clients, url: str, story_id: str) -> PipelineDoc:
     """A write through a fresh client reaches another fresh client; returns the reader's document."""
     writer_doc, writer = await clients.start(url)
@@ -71,7 +60,7 @@ async def test_nested_values_are_refused_and_the_server_keeps_serving(
     rendezvous: RendezvousProcess, clients: Clients, depth: int
 ) -> None:
     # 1 000 000 levels is 2 MB: applied, it would crash the CRDT library's decoder outright.
-    code, reason = await _refused_close(rendezvous.url, protocol.encode_update(nested_update(depth)))
+    code, reason = await refused_close(rendezvous.url, protocol.encode_update(nested_update(depth)))
     assert code == 1008 and "nested deeper than 256" in reason
     assert "refused a write from 127.0.0.1" in await rendezvous.await_log("nested deeper than 256")
     assert _metric(_metrics(rendezvous), 'huskies_rendezvous_refused_total{reason="value_too_deep"}') == 1
@@ -138,7 +127,7 @@ async def test_an_update_past_the_update_limit_is_refused(
     rendezvous_factory: Callable[..., RendezvousProcess], clients: Clients
 ) -> None:
     server = rendezvous_factory(extra_args=["--max-update-bytes", "20000"])
-    code, reason = await _refused_close(server.url, protocol.encode_update(story_update("1_s", name="x" * 30_000)))
+    code, reason = await refused_close(server.url, protocol.encode_update(story_update("1_s", name="x" * 30_000)))
     assert code == 1009 and "exceeds the 20000-byte limit" in reason
     await server.await_log("exceeds the 20000-byte limit")
     await _replicates(clients, server.url, "after-big-update")
