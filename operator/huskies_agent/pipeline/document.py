@@ -28,13 +28,12 @@ from CRDT events, so readers never walk the whole document on each change.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from pycrdt import Doc, Map, MapEvent, Subscription, TransactionEvent
+from pycrdt import Doc, Map, Subscription
 
 from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.model import (
@@ -48,9 +47,21 @@ from huskies_agent.pipeline.model import (
     ParseLimits,
     StageMove,
     Story,
-    describe,
-    parse_presence,
-    read_story,
+)
+from huskies_agent.pipeline.projection import (
+    REMOTE_ORIGIN as REMOTE_ORIGIN,
+)
+from huskies_agent.pipeline.projection import (
+    Changes as Changes,
+)
+from huskies_agent.pipeline.projection import (
+    Listener as Listener,
+)
+from huskies_agent.pipeline.projection import (
+    Projection,
+)
+from huskies_agent.pipeline.projection import (
+    UpdateListener as UpdateListener,
 )
 
 SCHEMA_VERSION = 1
@@ -60,39 +71,12 @@ STORY_FIELDS = frozenset(
 
 log = logging.getLogger(__name__)
 
-_UNREAD: Any = object()
-#: Above this many changed stories, parse the whole items map at once.
-_BULK_PARSE = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Changes:
-    """What one transaction changed: story ids (added, edited or removed) and node ids."""
-
-    stories: frozenset[str] = frozenset()
-    nodes: frozenset[str] = frozenset()
-    #: True when the change came from a remote peer rather than a local write.
-    remote: bool = False
-
-    def __bool__(self) -> bool:
-        return bool(self.stories or self.nodes)
-
-
-Listener = Callable[[Changes], None]
-
-#: ``listener(update, remote)``: the binary (Yjs v1) update of one transaction and
-#: whether it was applied from a peer (origin :data:`REMOTE_ORIGIN`).
-UpdateListener = Callable[[bytes, bool], None]
-
-#: Transaction origin used for updates received from a peer.
-REMOTE_ORIGIN = "huskies-remote"
-
 
 class StoryNotFound(KeyError):
     pass
 
 
-class PipelineDoc:
+class PipelineDoc(Projection):
     """Typed access to the replicated pipeline document."""
 
     def __init__(self, doc: Doc[Any] | None = None, *, limits: ParseLimits = DEFAULT_LIMITS) -> None:
@@ -101,13 +85,8 @@ class PipelineDoc:
         self._meta: Map[Any] = self.doc.get("meta", type=Map)
         self._items: Map[Any] = self.doc.get("items", type=Map)
         self._nodes: Map[Any] = self.doc.get("nodes", type=Map)
-        self._stories: dict[str, Story] = {}
-        self._malformed: dict[str, str] = {}
-        self._presence: dict[str, NodePresence] = {}
+        self._init_projection()
         self._presence_seq: dict[str, int] = {}
-        self._bad_nodes: dict[str, str] = {}
-        self._listeners: list[Listener] = []
-        self._update_listeners: list[UpdateListener] = []
         self._doc_sub: Subscription | None = None
         self._subs: list[Subscription] = [
             self._items.observe_deep(self._on_items),
@@ -401,129 +380,3 @@ class PipelineDoc:
         if not isinstance(item, Map):
             raise MalformedEntry(f"story {story_id!r} is not a map")
         return item
-
-    def _parse_into_projection(self, story_id: str, fields: Any = _UNREAD) -> None:
-        """Re-read one story into the projection (``fields``: its raw value, if already read).
-
-        Total: whatever the entry holds, the story ends up either in ``stories`` or in
-        ``malformed`` with a reason (logged once per distinct reason).
-        """
-        self._stories.pop(story_id, None)
-        try:
-            if fields is _UNREAD:
-                raw = self._items.get(story_id)
-                fields = None if raw is None else self._decode(story_id, raw)
-            if fields is None:
-                self._malformed.pop(story_id, None)
-                return
-            story = read_story(story_id, fields, self.limits)
-        except Exception as exc:  # MalformedEntry, or anything a hostile value provokes
-            reason = str(exc) if isinstance(exc, MalformedEntry) else f"unreadable ({type(exc).__name__})"
-            self._quarantine(self._malformed, "story", story_id, reason)
-            return
-        self._malformed.pop(story_id, None)
-        self._stories[story_id] = story
-
-    def _decode(self, story_id: str, raw: Any) -> Any:
-        """The plain value of one stored story, bounded by ``limits.max_entry_bytes``."""
-        if not isinstance(raw, Map):
-            return raw
-        # One JSON round trip is about twice as fast as Map.to_py().
-        text = str(raw)
-        if len(text) > self.limits.max_entry_bytes:
-            raise MalformedEntry(
-                f"story {describe(story_id)} is quarantined: its entry is {len(text)} bytes "
-                f"(at most {self.limits.max_entry_bytes})"
-            )
-        try:
-            return json.loads(text)
-        except RecursionError:
-            raise MalformedEntry(
-                f"story {describe(story_id)} is quarantined: it holds values nested too deep to decode"
-            ) from None
-
-    def _quarantine(self, into: dict[str, str], what: str, key: str, reason: str) -> None:
-        reason = reason if len(reason) <= 300 else reason[:300] + "..."
-        if into.get(key) != reason:
-            log.warning("quarantined %s entry %s: %s", what, describe(key), reason)
-        into[key] = reason
-
-    def _parse_stories(self, story_ids: Iterable[str]) -> None:
-        ids = list(story_ids)
-        everything: Any = None
-        if len(ids) > _BULK_PARSE:
-            # Many stories at once (initial sync, bulk import): read the whole map in one go.
-            # A hostile entry can make that fail; then each story is read on its own.
-            try:
-                everything = json.loads(str(self._items))
-            except (ValueError, RecursionError, MemoryError):
-                everything = None
-        for story_id in ids:
-            if isinstance(everything, dict):
-                self._parse_into_projection(story_id, everything.get(story_id))
-            else:
-                self._parse_into_projection(story_id)
-
-    def _parse_presence(self, node_id: str) -> None:
-        self._presence.pop(node_id, None)
-        try:
-            raw = self._nodes.get(node_id)
-            if raw is None:
-                self._bad_nodes.pop(node_id, None)
-                return
-            presence = parse_presence(node_id, raw, self.limits)
-        except Exception as exc:
-            reason = str(exc) if isinstance(exc, MalformedEntry) else f"unreadable ({type(exc).__name__})"
-            self._quarantine(self._bad_nodes, "node", node_id, reason)
-            return
-        self._bad_nodes.pop(node_id, None)
-        self._presence[node_id] = presence
-
-    def _refresh_all(self) -> None:
-        self._parse_stories(self._items.keys())
-        for key in list(self._nodes.keys()):
-            self._parse_presence(key)
-
-    def _on_items(self, events: list[Any]) -> None:
-        # Reading (not writing) the document is allowed inside this callback, and it
-        # receives every event of one transaction at once.
-        changed: set[str] = set()
-        remote = False
-        for event in events:
-            if not isinstance(event, MapEvent):
-                continue
-            remote = remote or event.transaction.origin == REMOTE_ORIGIN
-            path = list(getattr(event, "path", ()))
-            if path:
-                changed.add(str(path[0]))
-            else:
-                changed.update(str(k) for k in getattr(event, "keys", {}))
-        self._parse_stories(changed)
-        self._notify(Changes(stories=frozenset(changed), remote=remote))
-
-    def _on_nodes(self, event: Any) -> None:
-        changed = {str(k) for k in event.keys}
-        for node_id in changed:
-            self._parse_presence(node_id)
-        self._notify(Changes(nodes=frozenset(changed), remote=event.transaction.origin == REMOTE_ORIGIN))
-
-    def _on_transaction(self, event: TransactionEvent) -> None:
-        # Inside a document-level callback even reading the document raises, so only
-        # the event's own fields are used. The origin comes back as its hash.
-        update: bytes = event.update
-        origin = event.transaction.origin()  # type: ignore[attr-defined]
-        remote = origin is not None and origin == hash(REMOTE_ORIGIN)
-        for listener in list(self._update_listeners):
-            try:
-                listener(update, remote)
-            except Exception:  # a listener bug must not break the transaction
-                log.exception("document update listener failed")
-
-    def _notify(self, changes: Changes) -> None:
-        if not changes:
-            return
-        for listener in list(self._listeners):
-            try:
-                listener(changes)
-            except Exception:  # a listener bug must not break replication
-                log.exception("pipeline listener failed")

@@ -1,0 +1,197 @@
+"""The parsed projection of the pipeline document: stories and presence, kept current from CRDT events.
+
+:class:`Projection` is the reading half of :class:`~huskies_agent.pipeline.document.PipelineDoc`:
+it parses only the stories and nodes a transaction changed, totally (any entry ends up parsed or
+quarantined with a reason), and tells listeners what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pycrdt import Map, MapEvent, TransactionEvent
+
+from huskies_agent.pipeline.model import (
+    MalformedEntry,
+    NodePresence,
+    ParseLimits,
+    Story,
+    describe,
+    parse_presence,
+    read_story,
+)
+
+log = logging.getLogger("huskies_agent.pipeline.document")
+
+_UNREAD: Any = object()
+#: Above this many changed stories, parse the whole items map at once.
+_BULK_PARSE = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What one transaction changed: story ids (added, edited or removed) and node ids."""
+
+    stories: frozenset[str] = frozenset()
+    nodes: frozenset[str] = frozenset()
+    #: True when the change came from a remote peer rather than a local write.
+    remote: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.stories or self.nodes)
+
+
+Listener = Callable[[Changes], None]
+
+#: ``listener(update, remote)``: the binary (Yjs v1) update of one transaction and
+#: whether it was applied from a peer (origin :data:`REMOTE_ORIGIN`).
+UpdateListener = Callable[[bytes, bool], None]
+
+#: Transaction origin used for updates received from a peer.
+REMOTE_ORIGIN = "huskies-remote"
+
+
+class Projection:
+    """Parsed stories and presence of ``_items``/``_nodes``; the subclass owns the document."""
+
+    limits: ParseLimits
+    _items: Map[Any]
+    _nodes: Map[Any]
+
+    def _init_projection(self) -> None:
+        self._stories: dict[str, Story] = {}
+        self._malformed: dict[str, str] = {}
+        self._presence: dict[str, NodePresence] = {}
+        self._bad_nodes: dict[str, str] = {}
+        self._listeners: list[Listener] = []
+        self._update_listeners: list[UpdateListener] = []
+
+    def _parse_into_projection(self, story_id: str, fields: Any = _UNREAD) -> None:
+        """Re-read one story into the projection (``fields``: its raw value, if already read).
+
+        Total: whatever the entry holds, the story ends up either in ``stories`` or in
+        ``malformed`` with a reason (logged once per distinct reason).
+        """
+        self._stories.pop(story_id, None)
+        try:
+            if fields is _UNREAD:
+                raw = self._items.get(story_id)
+                fields = None if raw is None else self._decode(story_id, raw)
+            if fields is None:
+                self._malformed.pop(story_id, None)
+                return
+            story = read_story(story_id, fields, self.limits)
+        except Exception as exc:  # MalformedEntry, or anything a hostile value provokes
+            reason = str(exc) if isinstance(exc, MalformedEntry) else f"unreadable ({type(exc).__name__})"
+            self._quarantine(self._malformed, "story", story_id, reason)
+            return
+        self._malformed.pop(story_id, None)
+        self._stories[story_id] = story
+
+    def _decode(self, story_id: str, raw: Any) -> Any:
+        """The plain value of one stored story, bounded by ``limits.max_entry_bytes``."""
+        if not isinstance(raw, Map):
+            return raw
+        # One JSON round trip is about twice as fast as Map.to_py().
+        text = str(raw)
+        if len(text) > self.limits.max_entry_bytes:
+            raise MalformedEntry(
+                f"story {describe(story_id)} is quarantined: its entry is {len(text)} bytes "
+                f"(at most {self.limits.max_entry_bytes})"
+            )
+        try:
+            return json.loads(text)
+        except RecursionError:
+            raise MalformedEntry(
+                f"story {describe(story_id)} is quarantined: it holds values nested too deep to decode"
+            ) from None
+
+    def _quarantine(self, into: dict[str, str], what: str, key: str, reason: str) -> None:
+        reason = reason if len(reason) <= 300 else reason[:300] + "..."
+        if into.get(key) != reason:
+            log.warning("quarantined %s entry %s: %s", what, describe(key), reason)
+        into[key] = reason
+
+    def _parse_stories(self, story_ids: Iterable[str]) -> None:
+        ids = list(story_ids)
+        everything: Any = None
+        if len(ids) > _BULK_PARSE:
+            # Many stories at once (initial sync, bulk import): read the whole map in one go.
+            # A hostile entry can make that fail; then each story is read on its own.
+            try:
+                everything = json.loads(str(self._items))
+            except (ValueError, RecursionError, MemoryError):
+                everything = None
+        for story_id in ids:
+            if isinstance(everything, dict):
+                self._parse_into_projection(story_id, everything.get(story_id))
+            else:
+                self._parse_into_projection(story_id)
+
+    def _parse_presence(self, node_id: str) -> None:
+        self._presence.pop(node_id, None)
+        try:
+            raw = self._nodes.get(node_id)
+            if raw is None:
+                self._bad_nodes.pop(node_id, None)
+                return
+            presence = parse_presence(node_id, raw, self.limits)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, MalformedEntry) else f"unreadable ({type(exc).__name__})"
+            self._quarantine(self._bad_nodes, "node", node_id, reason)
+            return
+        self._bad_nodes.pop(node_id, None)
+        self._presence[node_id] = presence
+
+    def _refresh_all(self) -> None:
+        self._parse_stories(self._items.keys())
+        for key in list(self._nodes.keys()):
+            self._parse_presence(key)
+
+    def _on_items(self, events: list[Any]) -> None:
+        # Reading (not writing) the document is allowed inside this callback, and it
+        # receives every event of one transaction at once.
+        changed: set[str] = set()
+        remote = False
+        for event in events:
+            if not isinstance(event, MapEvent):
+                continue
+            remote = remote or event.transaction.origin == REMOTE_ORIGIN
+            path = list(getattr(event, "path", ()))
+            if path:
+                changed.add(str(path[0]))
+            else:
+                changed.update(str(k) for k in getattr(event, "keys", {}))
+        self._parse_stories(changed)
+        self._notify(Changes(stories=frozenset(changed), remote=remote))
+
+    def _on_nodes(self, event: Any) -> None:
+        changed = {str(k) for k in event.keys}
+        for node_id in changed:
+            self._parse_presence(node_id)
+        self._notify(Changes(nodes=frozenset(changed), remote=event.transaction.origin == REMOTE_ORIGIN))
+
+    def _on_transaction(self, event: TransactionEvent) -> None:
+        # Inside a document-level callback even reading the document raises, so only
+        # the event's own fields are used. The origin comes back as its hash.
+        update: bytes = event.update
+        origin = event.transaction.origin()  # type: ignore[attr-defined]
+        remote = origin is not None and origin == hash(REMOTE_ORIGIN)
+        for listener in list(self._update_listeners):
+            try:
+                listener(update, remote)
+            except Exception:  # a listener bug must not break the transaction
+                log.exception("document update listener failed")
+
+    def _notify(self, changes: Changes) -> None:
+        if not changes:
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(changes)
+            except Exception:  # a listener bug must not break replication
+                log.exception("pipeline listener failed")
