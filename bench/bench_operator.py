@@ -206,14 +206,15 @@ async def bench(args: argparse.Namespace) -> None:
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(args.settle)  # let start-up (kopf's first listing of pods and Jobs) settle
-        assert op2.proc is not None
+        assert op2.pid is not None
+        pid = op2.pid
         samples = []
-        rss1, cpu_prev = proc_stats(op2.proc.pid)
+        rss1, cpu_prev = proc_stats(pid)
         cpu0 = cpu_prev
         windows = max(1, int(args.idle // 10))
         for _ in range(windows):
             await asyncio.sleep(args.idle / windows)
-            rss1, cpu_now = proc_stats(op2.proc.pid)
+            rss1, cpu_now = proc_stats(pid)
             samples.append((cpu_now - cpu_prev) / (args.idle / windows) * 100)
             cpu_prev = cpu_now
         print(f"operator with {args.big} stories: initial sync {sync_s * 1000 if sync_s else float('nan'):.0f} ms, "
