@@ -90,8 +90,11 @@ def test_image_size_is_within_budget(built_images: BuiltImages, target: str) -> 
 
 def test_base_is_the_dockerfiles_debian_image(built_images: BuiltImages) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    base = re.search(r"^FROM (\S+) AS base$", dockerfile, re.MULTILINE)
+    assert re.search(r"^FROM \$\{DEBIAN_BASE\} AS base$", dockerfile, re.MULTILINE)
+    base = re.search(r"^ARG DEBIAN_BASE=(\S+)@sha256:[0-9a-f]{64}$", dockerfile, re.MULTILINE)
     assert base and built_images.base == base.group(1)
+    # The build resolved FROM by the digest of the base it made, and recorded it.
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", built_images.base_digest), built_images.base_digest
     pinned = re.search(r"debian:(\d+)\.(\d+)", built_images.base)
     assert pinned, built_images.base
     # The locally made base is Debian's current point release of the pinned major version.
