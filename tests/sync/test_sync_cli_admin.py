@@ -204,3 +204,23 @@ async def test_every_admin_command_takes_its_flags_anywhere(command: list[str], 
     after = await cli(*command, "--url", rendezvous.url, "--log-level", "warning")
     assert before.returncode == after.returncode and before.stdout.splitlines()[:1] == after.stdout.splitlines()[:1]
     assert "Traceback" not in before.stderr + after.stderr
+
+
+async def test_release_refuses_when_the_link_drops_during_the_watch(rendezvous: RendezvousProcess) -> None:
+    """Silence while cut off says nothing about a node (claims.Liveness): nothing is released."""
+    await _seed(rendezvous.url)
+    before = rendezvous.logs().count(" connected (")
+    run = asyncio.create_task(cli("release", "gone-node", "--watch", "5", "--url", rendezvous.url,
+                                  env={"HUSKIES_PRESENCE_INTERVAL_SECONDS": "1"}))
+    deadline = time.monotonic() + 30
+    while rendezvous.logs().count(" connected (") == before:  # wait for the command's connection
+        assert time.monotonic() < deadline and not run.done(), "the command never connected"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # it syncs (milliseconds) and watches
+    await rendezvous.akill()
+    done = await run
+    assert done.returncode == 1 and "dropped while watching" in done.stderr, done.stderr
+    await rendezvous.astart()
+    async with synced_client(rendezvous.url) as (doc, _client):
+        story = doc.story("10_a")
+        assert story is not None and story.claimed_by == "gone-node"

@@ -35,20 +35,23 @@ from huskies_agent.pipeline.model import describe
 
 if TYPE_CHECKING:
     from huskies_agent.pipeline.document import Changes, PipelineDoc
+    from huskies_agent.sync.client import RendezvousClient
 
 DEFAULT_WATCH_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
 class Observation:
-    """What a watch saw: nodes heard, seconds without news per node, how long it watched."""
+    """What a watch saw: nodes heard, seconds without news per node, how long it watched, and
+    whether the link to the rendezvous dropped meanwhile (then silence says nothing)."""
 
     heard: frozenset[str]
     silent_for: Mapping[str, float]
     watched: float
+    cut_off: bool = False
 
 
-async def observe(doc: PipelineDoc, seconds: float, claim_timeout: float) -> Observation:
+async def observe(doc: PipelineDoc, client: RendezvousClient, seconds: float, claim_timeout: float) -> Observation:
     """Watch presence changes for ``seconds`` after the sync, on this machine's monotonic clock."""
     from huskies_agent.claims import Liveness
 
@@ -63,17 +66,28 @@ async def observe(doc: PipelineDoc, seconds: float, claim_timeout: float) -> Obs
                 liveness.heard(node, now)
                 heard.add(node)
 
+    cut_off = False
+
+    def on_state(connected: bool) -> None:
+        nonlocal cut_off
+        if not connected:
+            cut_off = True
+            liveness.link_down()
+
     started = time.monotonic()
     liveness.link_up(started)
     remove = doc.add_listener(on_change)
+    unwatch = client.on_state(on_state)
     try:
         await asyncio.sleep(max(0.0, seconds))
     finally:
         remove()
+        unwatch()
     now = time.monotonic()
+    cut_off = cut_off or not client.synced
     known = set(doc.nodes) | {story.claimed_by for story in doc.stories.values() if story.claimed_by}
-    silent = {node: liveness.silent_for(node, now) or 0.0 for node in known}
-    return Observation(frozenset(heard), silent, now - started)
+    silent = {node: 0.0 if cut_off else liveness.silent_for(node, now) or 0.0 for node in known}
+    return Observation(frozenset(heard), silent, now - started, cut_off)
 
 
 def add_watch_option(parser: argparse.ArgumentParser, default: float | None, help_text: str) -> None:
@@ -109,8 +123,11 @@ async def _run(args: argparse.Namespace) -> str:
         raise UsageError("--watch must be 0 or more seconds")
     target = target_from(args)
     claim_timeout = args.claim_timeout or target.claim_timeout
-    async with synced(target, args.timeout) as (doc, _client):
-        seen = await observe(doc, args.watch, claim_timeout)
+    async with synced(target, args.timeout) as (doc, client):
+        seen = await observe(doc, client, args.watch, claim_timeout)
+        if seen.cut_off:
+            raise CommandError(f"the connection to the rendezvous at {target.url} dropped while watching: "
+                               "nothing can be said about the nodes")
         holders = [story.claimed_by for story in doc.stories.values() if story.claimed_by]
         node_list = views.node_views(doc.nodes, holders, seen.heard, seen.silent_for, claim_timeout=claim_timeout)
         now = time.time()

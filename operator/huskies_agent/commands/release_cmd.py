@@ -82,7 +82,10 @@ async def _run(args: argparse.Namespace) -> str:
             if node not in doc.nodes:
                 raise CommandError(f"no node {node!r}: it has no presence entry and holds no claims")
             return f"{node} holds no claims: nothing to release"
-        seen = await observe(doc, watch, claim_timeout)
+        seen = await observe(doc, client, watch, claim_timeout)
+        if seen.cut_off:
+            raise CommandError(f"the connection to the rendezvous at {target.url} dropped while watching "
+                               f"{node}: cannot tell whether it is alive; nothing released")
         holders = [story.claimed_by for story in doc.stories.values() if story.claimed_by]
         view = next(v for v in views.node_views(doc.nodes, holders, seen.heard, seen.silent_for,
                                                 claim_timeout=claim_timeout) if v.node_id == node)
