@@ -141,3 +141,21 @@ def test_runner_has_the_pinned_cli_and_no_nodejs(unpacked: tuple[str, Unpacked])
         assert image.run("sh", "-c", f"command -v {tool}").returncode == 0, f"{tool} missing"
     # The native CLI needs only glibc: Node.js stays in the build stage.
     assert image.run("sh", "-c", "command -v node || command -v npm").returncode != 0
+
+
+@pytest.mark.parametrize("unpacked", ["operator"], indirect=True)
+def test_the_venv_holds_exactly_the_locked_versions(unpacked: tuple[str, Unpacked]) -> None:
+    """What the image installed is requirements/runtime.lock, version for version, plus the package."""
+    from packaging.utils import canonicalize_name
+    from tests.test_lockfiles import LOCKS, parse_lock
+
+    _target, image = unpacked
+    listing = image.run("/opt/venv/bin/python", "-c",
+                        "import importlib.metadata as m, json; "
+                        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+    assert listing.returncode == 0, listing.stderr
+    installed = {canonicalize_name(name): version for name, version in json.loads(listing.stdout).items()}
+    locked = {name: pin.version for name, pin in parse_lock(LOCKS["runtime"].read_text()).items()}
+    assert installed.pop("huskies-agent") == "0.1.0"
+    # The build tools (pip, setuptools, wheel) were removed after use.
+    assert installed == locked
