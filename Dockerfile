@@ -7,15 +7,21 @@
 # Everything comes from Debian 12 (Python 3.11 from Debian's packages), so `make test` builds this
 # very file with buildah from a base image it makes locally with mmdebstrap under the same name
 # (tools/images/build.sh): what you build and what the tests run differ only in where the base came
-# from. The base and the Claude Code CLI are pinned by version; bump them together.
+# from. The base is pinned by version and digest, the Claude Code CLI by version, the Python
+# dependencies by version and hash (requirements/*.lock, `make lock`); bump them together.
 # Nothing secret is baked in: tokens and keys reach the pods from Secrets at run time. Behind a
 # TLS-intercepting proxy, hand its CA bundle to the two download steps (never to the images) with
 # `--secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt`.
 
 ARG CLAUDE_CODE_VERSION=2.1.332
+# The base by tag and by the digest of the multi-platform index Docker Official Images published for
+# that tag (its build of 2026-09-18, as recorded in github.com/docker-library/repo-info,
+# repos/debian/remote/12.15-slim.md). `make images` makes the base locally and passes that image's
+# own digest here instead (tools/images/build.sh); a mirror can be named with --build-arg.
+ARG DEBIAN_BASE=docker.io/library/debian:12.15-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251
 
 # ---------------------------------------------------------------- base: Debian + Python 3.11 + tini
-FROM docker.io/library/debian:12.15-slim AS base
+FROM ${DEBIAN_BASE} AS base
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 tini \
  && rm -rf /var/lib/apt/lists/*
@@ -29,13 +35,18 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates python3-venv \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# .dockerignore lets in only pyproject.toml, README.md, LICENSE and operator/ without the development
-# package operator/huskies_agent_dev, so the venv holds the runtime package huskies_agent alone.
+# .dockerignore lets in only pyproject.toml, README.md, LICENSE, requirements/ and operator/ without
+# the development package operator/huskies_agent_dev, so the venv holds the runtime package alone.
 COPY . .
+# Dependencies only from the hash-pinned locks (nothing resolved, any changed file refused), then the
+# package itself with no dependency resolution and no index; `pip check` proves the locks complete.
 RUN --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt,required=false \
     python3 -m venv /opt/venv \
- && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/venv/bin/pip install . \
- && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
+ && export PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+ && /opt/venv/bin/pip install --require-hashes --no-deps -r requirements/build.lock -r requirements/runtime.lock \
+ && /opt/venv/bin/pip install --no-deps --no-index --no-build-isolation . \
+ && /opt/venv/bin/pip check \
+ && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools wheel packaging \
  && /opt/venv/bin/huskies-agent version \
  && ! /opt/venv/bin/python -c "import huskies_agent_dev" 2>/dev/null
 

@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testbin claude-cli faketime images registry node lint venv run devcluster
+.PHONY: test testbin claude-cli faketime images registry node lint venv run devcluster lock
 
 # The venv is (re)installed when pyproject.toml changes.
 $(PY):
@@ -51,6 +51,11 @@ node: images
 
 test: venv testbin claude-cli faketime images registry node lint
 	$(VENV)/bin/pytest
+
+# Regenerate requirements/{runtime,build}.lock (hash-pinned, what the images install) from pyproject.toml
+# with pip-tools for Python 3.11; tests/test_lockfiles.py fails until this is rerun after a dependency change.
+lock:
+	bash tools/lock/update.sh
 
 # ruff, mypy (strict) and the import contracts of pyproject.toml (docs/architecture.md).
 lint: venv

@@ -106,23 +106,44 @@ def _env_and_arg_names(stage: Stage) -> list[tuple[str, str]]:
     return pairs
 
 
-def test_every_base_image_is_pinned(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
-    _args, stages = dockerfile
+def resolve_from(image: str, global_args: dict[str, str]) -> str:
+    """A FROM's image with a global ``ARG`` (``${NAME}`` or ``$NAME``) replaced by its default."""
+    var = re.fullmatch(r"\$\{?(\w+)\}?", image)
+    if not var:
+        assert "$" not in image, f"FROM {image}: use a whole global ARG or a literal image"
+        return image
+    assert var.group(1) in global_args, f"FROM {image}: {var.group(1)} is not a global ARG with a default"
+    return global_args[var.group(1)]
+
+
+def test_every_base_image_is_pinned_by_tag_and_digest(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+    global_args, stages = dockerfile
     names: set[str] = set()
     for stage in stages:
-        image = stage.image
-        if image in names:
+        if stage.image in names:
+            names.add(stage.name)
             continue  # built on an earlier stage
-        assert "$" not in image, f"FROM {image}: resolve the image without build args"
-        if "@sha256:" in image:
-            continue
-        repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+        names.add(stage.name)
+        image = resolve_from(stage.image, global_args)
+        name, _, digest = image.partition("@")
+        # A digest names the exact image; the tag says which version it is to a reader.
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"FROM {image}: not pinned by digest"
+        repo, _, tag = name.rpartition(":") if ":" in name.split("/")[-1] else (name, "", "")
         assert tag, f"FROM {image}: no tag"
         assert tag != "latest", f"FROM {image}: 'latest' is not a pin"
         # Debian's images are pinned by point release (12.15-slim); others by full version.
         assert re.match(r"^\d+\.\d+(\.\d+)?(-|$)", tag), f"FROM {image}: tag {tag!r} is not a full version"
         assert repo
-        names.add(stage.name)
+
+
+def test_resolve_from() -> None:
+    args = {"BASE": "docker.io/library/debian:12.15-slim@sha256:" + "0" * 64}
+    assert resolve_from("${BASE}", args) == args["BASE"] and resolve_from("$BASE", args) == args["BASE"]
+    assert resolve_from("base", args) == "base"
+    with pytest.raises(AssertionError):
+        resolve_from("${NOPE}", args)
+    with pytest.raises(AssertionError):
+        resolve_from("debian:${TAG}", args)
 
 
 def test_both_targets_exist(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
@@ -189,10 +210,41 @@ def test_runner_has_git_ssh_and_claude_but_no_node(dockerfile: tuple[dict[str, s
 
 
 def test_every_stage_builds_on_the_one_debian_base(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
-    _args, stages = dockerfile
+    global_args, stages = dockerfile
     external = [s for s in stages if s.image not in {t.name for t in stages}]
     assert [s.name for s in external] == ["base"], "one external base image, made locally by the tests"
-    assert re.fullmatch(r"docker\.io/library/debian:\d+\.\d+-slim", external[0].image)
+    # tools/images/build.sh passes the locally made base's own digest through this ARG.
+    assert external[0].image == "${DEBIAN_BASE}"
+    assert re.fullmatch(r"docker\.io/library/debian:\d+\.\d+-slim@sha256:[0-9a-f]{64}", global_args["DEBIAN_BASE"])
+
+
+def test_python_dependencies_come_only_from_the_hash_pinned_locks(
+    dockerfile: tuple[dict[str, str], list[Stage]],
+) -> None:
+    """Nothing is resolved at build time: the locks with --require-hashes, the package with --no-deps."""
+    _args, stages = dockerfile
+    runs = " ".join(i.args for s in stages for i in s.all("RUN"))
+    installs = re.findall(r"pip install ([^&]*)", runs)
+    assert installs, "no pip install in the Dockerfile"
+    for install in installs:
+        assert "--no-deps" in install, f"pip install {install}: resolves dependencies"
+        if "-r " in install:
+            assert "--require-hashes" in install, f"pip install {install}: hashes not required"
+            locks = set(re.findall(r"-r (\S+)", install))
+            assert locks == {"requirements/build.lock", "requirements/runtime.lock"}, locks
+        else:
+            assert install.split()[-1] == "." and "--no-index" in install, f"pip install {install}"
+    assert "pip check" in runs, "the venv is not checked for missing dependencies"
+    # What the build stage uninstalls afterwards is build tooling, never a runtime dependency.
+    from tests.test_lockfiles import LOCKS, parse_lock
+
+    runtime = set(parse_lock(LOCKS["runtime"].read_text()))
+    removed = re.search(r"pip uninstall --yes --quiet ([^&]*)", runs)
+    assert removed, "the build tools stay in the venv"
+    assert not set(removed.group(1).split()) & runtime
+    patterns = dockerignore_patterns()
+    for lock in LOCKS.values():
+        assert in_context(lock.relative_to(ROOT).as_posix(), patterns), f"{lock.name} is not in the build context"
 
 
 def test_no_secrets_in_env_or_args(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:

@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("huskies_agent.commands.operator_cmd", "run the operator (build node) against a cluster"),
     "rendezvous": ("huskies_agent.commands.rendezvous_cmd", "serve a pipeline document at /crdt-sync"),
     "stories": ("huskies_agent.commands.stories_cmd", "list and edit stories on a rendezvous"),
+    "nodes": ("huskies_agent.commands.nodes_cmd", "list the build nodes: seen alive, free slots, cluster"),
+    "release": ("huskies_agent.commands.release_cmd", "free a dead node's claims now (a person's move)"),
     "run-story": ("huskies_agent.commands.run_story_cmd", "run one story (the build Job's entrypoint)"),
     "demo": ("huskies_agent.commands.demo_cmd", "local demo: control plane, rendezvous, operator, a story"),
     "crd": ("huskies_agent.commands.crd_cmd", "print the StoryJob CustomResourceDefinition"),
@@ -61,8 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
             continue  # subcommand not built into this version
         cmd = sub.add_parser(name, help=help_text, description=help_text, parents=[late])
         module.configure(cmd)
+        _also_in_actions(cmd, late)
         cmd.set_defaults(_run=module.run)
     return parser
+
+
+def _also_in_actions(command: argparse.ArgumentParser, late: argparse.ArgumentParser) -> None:
+    """Accept the global options after a command's action too (``stories list --log-level DEBUG``)."""
+    for action in command._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child._add_container_actions(late)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,6 +72,8 @@ class BuiltImages:
     debian_version: str
     operator: BuiltImage
     runner: BuiltImage
+    #: The digest of the locally made base image the build resolved FROM by (tools/images/build.sh).
+    base_digest: str = ""
 
 
 def load_images(directory: Path) -> BuiltImages:
@@ -83,4 +85,5 @@ def load_images(directory: Path) -> BuiltImages:
 
     return BuiltImages(
         directory, meta["key"], meta["base"], meta["debian_version"], image("operator"), image("runner"),
+        meta.get("base_digest", ""),
     )

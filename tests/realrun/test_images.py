@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,13 @@ class Unpacked:
             raise AssertionError(f"buildah {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc.stdout
 
-    def run(self, *argv: str, user: str = "10001:10001") -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *argv: str, user: str = "10001:10001", options: Sequence[str] = (),
+    ) -> subprocess.CompletedProcess[str]:
+        """``argv`` in the image; ``options`` are more ``buildah run`` options (``--env``, ``--volume``)."""
         return subprocess.run(
-            ["buildah", *self.store, "run", "--isolation", "chroot", "--user", user, self.container, "--", *argv],
+            ["buildah", *self.store, "run", "--isolation", "chroot", "--user", user, *options, self.container, "--",
+             *argv],
             capture_output=True, text=True, timeout=RUN_TIMEOUT,
         )
 
@@ -90,8 +94,11 @@ def test_image_size_is_within_budget(built_images: BuiltImages, target: str) -> 
 
 def test_base_is_the_dockerfiles_debian_image(built_images: BuiltImages) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    base = re.search(r"^FROM (\S+) AS base$", dockerfile, re.MULTILINE)
+    assert re.search(r"^FROM \$\{DEBIAN_BASE\} AS base$", dockerfile, re.MULTILINE)
+    base = re.search(r"^ARG DEBIAN_BASE=(\S+)@sha256:[0-9a-f]{64}$", dockerfile, re.MULTILINE)
     assert base and built_images.base == base.group(1)
+    # The build resolved FROM by the digest of the base it made, and recorded it.
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", built_images.base_digest), built_images.base_digest
     pinned = re.search(r"debian:(\d+)\.(\d+)", built_images.base)
     assert pinned, built_images.base
     # The locally made base is Debian's current point release of the pinned major version.
@@ -138,3 +145,56 @@ def test_runner_has_the_pinned_cli_and_no_nodejs(unpacked: tuple[str, Unpacked])
         assert image.run("sh", "-c", f"command -v {tool}").returncode == 0, f"{tool} missing"
     # The native CLI needs only glibc: Node.js stays in the build stage.
     assert image.run("sh", "-c", "command -v node || command -v npm").returncode != 0
+
+
+@pytest.mark.parametrize("unpacked", ["operator"], indirect=True)
+def test_the_venv_holds_exactly_the_locked_versions(unpacked: tuple[str, Unpacked]) -> None:
+    """What the image installed is requirements/runtime.lock, version for version, plus the package."""
+    from packaging.utils import canonicalize_name
+    from tests.test_lockfiles import LOCKS, parse_lock
+
+    _target, image = unpacked
+    listing = image.run("/opt/venv/bin/python", "-c",
+                        "import importlib.metadata as m, json; "
+                        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+    assert listing.returncode == 0, listing.stderr
+    installed = {canonicalize_name(name): version for name, version in json.loads(listing.stdout).items()}
+    locked = {name: pin.version for name, pin in parse_lock(LOCKS["runtime"].read_text()).items()}
+    assert installed.pop("huskies-agent") == "0.1.0"
+    # The build tools (pip, setuptools, wheel) were removed after use.
+    assert installed == locked
+
+
+@pytest.mark.parametrize("unpacked", ["operator"], indirect=True)
+def test_admin_cli_in_the_operator_image_reads_the_mounted_settings(
+    unpacked: tuple[str, Unpacked], tmp_path: Path,
+) -> None:
+    """What ``kubectl exec deploy/huskies-agent -- huskies-agent stories list`` runs: the image's CLI with
+    the chart's env and its settings and token mounted where the chart mounts them, against a real
+    token-protected rendezvous on loopback (chroot isolation shares the host's network)."""
+    from tests.helpers.rendezvous import start_rendezvous
+
+    _target, image = unpacked
+    with start_rendezvous(tmp_path / "rv", token="img-s3cret") as server:
+        config, secret = tmp_path / "config", tmp_path / "secret"
+        config.mkdir()
+        secret.mkdir()
+        (config / "config.yaml").write_text(yaml.safe_dump({"rendezvous_url": server.url}))
+        (secret / "token").write_text("img-s3cret\n")
+        for path in (config, secret, config / "config.yaml", secret / "token"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        options = [
+            "--volume", f"{config}:/etc/huskies-agent:ro",
+            # The chart mounts the token under /var/run (= /run); `buildah run` lays its own /run over
+            # any mount there, so here the same file is mounted beside the settings.
+            "--volume", f"{secret}:/etc/huskies-rendezvous:ro",
+            "--env", "HUSKIES_CONFIG=/etc/huskies-agent/config.yaml",
+            "--env", "HUSKIES_RENDEZVOUS_TOKEN_FILE=/etc/huskies-rendezvous/token",
+        ]
+        added = image.run("huskies-agent", "stories", "add", "1_img", "--stage", "2_current", options=options)
+        assert added.returncode == 0, added.stdout + added.stderr
+        listed = image.run("huskies-agent", "stories", "list", "-o", "json", options=options)
+        assert listed.returncode == 0, listed.stderr
+        assert [s["id"] for s in json.loads(listed.stdout)["stories"]] == ["1_img"]
+        nodes = image.run("huskies-agent", "nodes", "--watch", "0", options=options)
+        assert nodes.returncode == 0 and nodes.stdout.startswith("NODE"), nodes.stderr

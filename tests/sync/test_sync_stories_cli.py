@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 from tests.helpers.rendezvous import RendezvousProcess, free_port, synced_client
@@ -15,9 +17,9 @@ from huskies_agent.pipeline import stages
 
 def _stories(url: str, *args: str, token: str = "") -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "huskies_agent", "stories", "--url", url, "--timeout", "10"]
-    if token:
-        command += ["--token", token]
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUSKIES_")}
+    if token:  # never on the command line: from the environment, as an operator's pod could
+        env["HUSKIES_RENDEZVOUS_TOKEN"] = token
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL
     )
@@ -39,7 +41,7 @@ async def test_every_action_round_trips(rendezvous: RendezvousProcess) -> None:
         s1 = doc.story("s1")
         assert s1 is not None and (s1.stage, s1.name, s1.depends_on) == (stages.CURRENT, "First story", ("a", "b"))
         doc.put_raw("s1", retry_count=2)
-        doc.claim("s1", "node-7", 5.0)
+        doc.claim("s1", "node-7", time.time() - 125)
         assert await client.confirm(5)
 
     assert (await stories(url, "move", "s2", "3_qa")).stdout.strip() == "moved s2 to 3_qa"
@@ -48,10 +50,13 @@ async def test_every_action_round_trips(rendezvous: RendezvousProcess) -> None:
     listing = await stories(url, "list")
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
-    assert lines[0].split() == ["ID", "STAGE", "BLOCKED", "RETRIES", "CLAIMED", "BY", "EPOCH", "NAME"]
-    assert lines[1].split() == ["s1", "2_current", "yes", "2", "node-7", "1", "First", "story"]
+    assert lines[0].split() == ["ID", "STAGE", "BLOCKED", "RETRIES", "CLAIMED", "BY", "EPOCH", "CLAIMED", "NAME"]
+    # The claim's time (its writer's clock, 125 s ago) shows as an age, never as a Unix float.
+    assert lines[1].split()[:6] == ["s1", "2_current", "yes", "2", "node-7", "1"]
+    assert re.fullmatch(r"2m[5-9]s", lines[1].split()[6]), lines[1]
+    assert lines[1].endswith("First story")
     # A move is a stage move at the next epoch (docs/claims.md), so s2's epoch is 1.
-    assert lines[2].split() == ["s2", "3_qa", "no", "0", "-", "1", "Second"]
+    assert lines[2].split() == ["s2", "3_qa", "no", "0", "-", "1", "-", "Second"]
     assert lines[-1] == "2 stories"
 
     assert (await stories(url, "unblock", "s1")).returncode == 0
@@ -81,6 +86,9 @@ async def test_unreachable_rendezvous() -> None:
     assert result.stdout == ""
     no_url = await stories("", "list")
     assert no_url.returncode == 2 and "no rendezvous URL" in no_url.stderr
+    # The token is refused on the command line (it would show in ps): a usage error naming the ways.
+    on_line = await stories(f"ws://127.0.0.1:{free_port()}/crdt-sync", "--token", "s3cret", "list")
+    assert on_line.returncode == 2 and "--token-file" in on_line.stderr and "s3cret" not in on_line.stderr
 
 
 async def test_token_is_sent(rendezvous_factory: Callable[..., RendezvousProcess]) -> None:

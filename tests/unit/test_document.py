@@ -290,3 +290,35 @@ def test_presence_overwrites_do_not_grow_the_document() -> None:
     for i in range(1000):
         d.put_presence(NodePresence(node_id="n", last_seen=float(i), capacity=i % 5))
     assert len(d.encode_update()) - size0 < 2000
+
+
+def test_a_persons_release_fences_a_nodes_claims_with_moves_of_its_own() -> None:
+    """`huskies-agent release`: a person frees a dead node's claims without writing its keys."""
+    d, node = PipelineDoc(), PipelineDoc()
+    d.add_story("1_a", stage="2_current")
+    d.add_story("2_b", stage="3_qa")
+    d.add_story("3_c", stage="2_current")
+    sync(d, node)
+    a = node.claim("1_a", "dead", 1.0)
+    b = node.claim("2_b", "dead", 1.0)
+    node.record_failure("2_b", "dead", b.epoch, "3_qa", 2.0, reason="x", max_retries=3)
+    b = node.claim("2_b", "dead", 3.0)
+    node.claim("3_c", "alive", 1.0)
+    sync(d, node)
+    before = {k: dict(v) for k, v in json.loads(str(d._items)).items()}
+    released = d.release_held_by("dead", writer="cli-9")
+    assert sorted(released) == ["1_a", "2_b"]
+    after = {k: dict(v) for k, v in json.loads(str(d._items)).items()}
+    for sid in after:  # only the person's own stage@ key was written, never claim@dead
+        changed = {k for k in after[sid] if after[sid].get(k) != before[sid].get(k)}
+        assert changed <= {"stage@cli-9"}
+    s1, s2, s3 = d.story("1_a"), d.story("2_b"), d.story("3_c")
+    assert (s1.stage, s1.claimed_by, s1.moved_by, s1.stage_epoch) == ("2_current", "", "cli-9", a.epoch + 1)
+    assert (s2.stage, s2.claimed_by, s2.retry_count) == ("3_qa", "", 0)  # like any person's move
+    assert s3.claimed_by == "alive"
+    # Every replica agrees, and the dead node's late completion loses.
+    sync(d, node)
+    assert node.story("1_a").claimed_by == "" and node.story("2_b").claimed_by == ""
+    assert node.complete("2_b", "dead", b.epoch, "3_qa", 9.0) is None
+    # The next claim of any node goes above the move and holds.
+    assert node.claim("1_a", "other", 9.0).epoch == a.epoch + 2 and node.story("1_a").claimed_by == "other"

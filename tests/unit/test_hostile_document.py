@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pycrdt import Map
 
-from huskies_agent.commands.stories_cmd import format_table
+from huskies_agent.commands.stories_cmd import render_list
+from huskies_agent.commands.views import Output, StoryFilter
 from huskies_agent.pipeline.document import PipelineDoc
 from huskies_agent.pipeline.model import (
     MAX_SAFE_INT,
@@ -173,7 +174,7 @@ def test_stories_list_marks_quarantined_entries() -> None:
     doc.add_story("1_ok", stage="2_current")
     _plant(doc, "2_deep", name=nested(1200))
     _plant(doc, "bad\nid")
-    table = format_table(doc)
+    table = render_list(doc, StoryFilter(), Output.TABLE, 0.0)
     assert "QUARANTINED  '2_deep': story '2_deep' is quarantined" in table
     assert "QUARANTINED  'bad\\nid'" in table  # the newline cannot forge a table line
     assert table.endswith("1 story, 2 quarantined (never worked on; see the reasons above)")

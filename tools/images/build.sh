@@ -38,8 +38,15 @@ for cmd in buildah mmdebstrap; do
     command -v "$cmd" >/dev/null || fail "find $cmd (run tools/images/install-deps.sh)"
 done
 
-BASE="$(awk 'toupper($1)=="FROM" && tolower($3)=="as" && $4=="base" {print $2; exit}' "$ROOT/Dockerfile")"
-[ -n "$BASE" ] || fail "find the 'FROM <debian image> AS base' line in the Dockerfile"
+# The Dockerfile names its base as `ARG DEBIAN_BASE=<name>:<tag>@sha256:<upstream digest>` and
+# `FROM ${DEBIAN_BASE} AS base`. The base made here is stored under <name>:<tag>; the build gets
+# that image's own digest as DEBIAN_BASE, so buildah uses exactly the image recorded in images.json.
+grep -qx 'FROM ${DEBIAN_BASE} AS base' "$ROOT/Dockerfile" || fail "find 'FROM \${DEBIAN_BASE} AS base' in the Dockerfile"
+BASE_REF="$(awk -F= '$1=="ARG DEBIAN_BASE" {print $2; exit}' "$ROOT/Dockerfile")"
+BASE="${BASE_REF%@*}"
+UPSTREAM_DIGEST="${BASE_REF#"$BASE"}"; UPSTREAM_DIGEST="${UPSTREAM_DIGEST#@}"
+[ -n "$BASE" ] && [[ "$UPSTREAM_DIGEST" =~ ^sha256:[0-9a-f]{64}$ ]] \
+    || fail "find 'ARG DEBIAN_BASE=<debian image>:<tag>@sha256:<digest>' in the Dockerfile"
 case "$BASE" in
     *debian:12*) ;;
     *) fail "the base $BASE is not Debian 12 ($SUITE), the suite this script makes" ;;
@@ -49,6 +56,7 @@ esac
 context_files() {  # what .dockerignore lets into the context, in a stable order
     cd "$ROOT"
     for f in pyproject.toml README.md LICENSE; do [ -f "$f" ] && echo "$f"; done
+    find requirements -type f | LC_ALL=C sort
     find operator -type f -not -path '*/__pycache__/*' -not -name '*.pyc' -not -path '*.egg-info/*' | LC_ALL=C sort
 }
 base_key="$( { echo "$BASE $SUITE $MIRROR"; sed -n '/^make_base()/,/^}/p' "$HERE/build.sh"; } | sha256sum | cut -c1-16)"
@@ -99,6 +107,13 @@ if ! buildah "${STORE[@]}" inspect --type image --format '{{.OCIv1.Config.Labels
     buildah "${STORE[@]}" commit --quiet --rm "$ctr" "$BASE" >/dev/null || fail "buildah commit $BASE"
 fi
 
+# The digest of the base image as stored now: the build resolves FROM by it (a changed or retagged
+# image is refused by buildah), and images.json records it with the rootfs' own sha256.
+base_digest="$(buildah "${STORE[@]}" images --digests --noheading --format '{{.Digest}}' "$BASE" | head -n1)"
+[[ "$base_digest" =~ ^sha256:[0-9a-f]{64}$ ]] || fail "read the digest of $BASE (got '$base_digest')"
+rootfs_sha256="$(sha256sum "$base_dir/rootfs.tar" | cut -d' ' -f1)"
+step "base $BASE@$base_digest (rootfs sha256:$rootfs_sha256; upstream pin $UPSTREAM_DIGEST)"
+
 # ----------------------------------------------------------------------------- both targets
 secret=()
 ca="${HUSKIES_BUILD_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
@@ -111,7 +126,8 @@ for target in "${TARGETS[@]}"; do
     image_ref[$target]="$ref"
     step "building target $target"
     timed "build $target" "$work/$target.log" buildah "${STORE[@]}" bud --layers --pull=never \
-        --isolation chroot "${secret[@]}" --target "$target" -t "$ref" -f "$ROOT/Dockerfile" "$ROOT" \
+        --isolation chroot "${secret[@]}" --build-arg "DEBIAN_BASE=${BASE%:*}@$base_digest" \
+        --target "$target" -t "$ref" -f "$ROOT/Dockerfile" "$ROOT" \
         || fail "buildah bud --target $target"
     buildah "${STORE[@]}" push --quiet "$ref" "oci-archive:$work/$target.oci.tar:$ref" >&2 \
         || fail "buildah push $target to an OCI archive"
@@ -119,7 +135,8 @@ done
 
 {
     echo "{"
-    echo "  \"key\": \"$key\", \"base\": \"$BASE\","
+    echo "  \"key\": \"$key\", \"base\": \"$BASE\", \"base_digest\": \"$base_digest\","
+    echo "  \"base_rootfs_sha256\": \"$rootfs_sha256\", \"upstream_digest\": \"$UPSTREAM_DIGEST\","
     echo "  \"debian_version\": \"$(tar -xOf "$base_dir/rootfs.tar" ./etc/debian_version)\","
     sep=""
     for target in "${TARGETS[@]}"; do

@@ -1,74 +1,77 @@
 """``huskies-agent stories``: list and edit the stories held by a rendezvous.
 
-Each invocation connects, syncs, makes its edit, waits until the rendezvous
-confirms it holds the edit, and exits. Exit status: 0 done, 1 failed (unreachable
-rendezvous, unknown story, unconfirmed edit), 2 bad arguments.
+Each invocation connects (URL and token as the operator finds them, see ``connect``),
+syncs, makes its edit, waits until the rendezvous confirms it holds the edit, and exits.
+Exit status: 0 done, 1 failed (unreachable rendezvous, unknown story, unconfirmed edit),
+2 bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import sys
-from collections.abc import Sequence
+import time
 from typing import TYPE_CHECKING
 
+from huskies_agent.commands import views
+from huskies_agent.commands.connect import (
+    CommandError,
+    UsageError,
+    add_connection_options,
+    confirm,
+    connection_parent,
+    quiet_sync_logs,
+    synced,
+    target_from,
+)
 from huskies_agent.pipeline import stages
-from huskies_agent.pipeline.model import describe
 
 if TYPE_CHECKING:
     from huskies_agent.pipeline.document import PipelineDoc
 
-log = logging.getLogger(__name__)
+OUTPUTS = [output.value for output in views.Output]
 
 
-class CommandError(Exception):
-    """A failure to report to the user as ``error: <message>``."""
+def _output_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", choices=OUTPUTS, default="table",
+                        help="table (default), json or yaml; times are ISO 8601 UTC")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url", default=os.environ.get("HUSKIES_RENDEZVOUS_URL", ""),
-        help="rendezvous URL, e.g. ws://127.0.0.1:3001/crdt-sync (default: $HUSKIES_RENDEZVOUS_URL)",
-    )
-    parser.add_argument(
-        "--token", default=os.environ.get("HUSKIES_RENDEZVOUS_TOKEN", ""),
-        help="bearer token (default: $HUSKIES_RENDEZVOUS_TOKEN)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=10.0,
-        help="seconds to wait for the sync and for the confirmation of an edit (default 10)",
-    )
+    add_connection_options(parser)
+    late = [connection_parent()]
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("list", help="print every story as a table")
-    show = actions.add_parser("show", help="print one story")
+    listing = actions.add_parser("list", help="print the stories (filters: --stage, --blocked)", parents=late)
+    listing.add_argument("--stage", action="append", choices=stages.ALL_STAGES, default=[],
+                         help="only stories in this stage (repeat for several)")
+    listing.add_argument("--blocked", action="store_true", help="only blocked stories")
+    _output_option(listing)
+    show = actions.add_parser("show", help="print one story", parents=late)
     show.add_argument("story_id")
-    add = actions.add_parser("add", help="create a story")
+    _output_option(show)
+    add = actions.add_parser("add", help="create a story", parents=late)
     add.add_argument("story_id")
     add.add_argument("--stage", default=stages.BACKLOG, choices=stages.ALL_STAGES)
     add.add_argument("--name", default="")
     add.add_argument("--agent", default="")
     add.add_argument("--depends-on", default="", help="comma-separated story ids")
-    move = actions.add_parser("move", help="move a story to another stage")
+    move = actions.add_parser("move", help="move a story to another stage", parents=late)
     move.add_argument("story_id")
     move.add_argument("stage", choices=stages.ALL_STAGES)
-    block = actions.add_parser("block", help="block a story (no node will work on it)")
+    block = actions.add_parser("block", help="block a story (no node will work on it)", parents=late)
     block.add_argument("story_id")
-    unblock = actions.add_parser("unblock", help="unblock a story and reset its retry count")
+    unblock = actions.add_parser("unblock", help="unblock a story and reset its retry count", parents=late)
     unblock.add_argument("story_id")
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.url:
-        print("error: no rendezvous URL (use --url or set HUSKIES_RENDEZVOUS_URL)", file=sys.stderr)
-        return 2
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        # The command reports failures itself; keep the client's retry chatter out.
-        logging.getLogger("huskies_agent.sync").setLevel(logging.CRITICAL)
+    quiet_sync_logs()
     try:
         output = asyncio.run(_run(args))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -78,40 +81,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> str:
-    from huskies_agent.pipeline.document import PipelineDoc
-    from huskies_agent.sync.client import RendezvousClient, RendezvousUnavailable
-
-    doc = PipelineDoc()
-    try:
-        client = RendezvousClient(
-            doc, args.url, token=args.token, max_failures=1, open_timeout=args.timeout, ping_interval=None
-        )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    async with client:
-        try:
-            await client.wait_synced(args.timeout)
-        except RendezvousUnavailable as exc:
-            raise CommandError(str(exc)) from None
-        except TimeoutError:
-            raise CommandError(f"no sync with the rendezvous at {args.url} within {args.timeout:g} s") from None
-        output, edited = _act(doc, args)
-        if edited and not await client.confirm(args.timeout):
-            raise CommandError(
-                f"the rendezvous at {args.url} did not confirm the edit within {args.timeout:g} s"
-                " (it may or may not have been applied)"
-            )
+    target = target_from(args)
+    async with synced(target, args.timeout) as (doc, client):
+        output, edited = act(doc, args, now=time.time())
+        if edited:
+            await confirm(client, target, args.timeout)
     return output
 
 
-def _act(doc: PipelineDoc, args: argparse.Namespace) -> tuple[str, bool]:
+def act(doc: PipelineDoc, args: argparse.Namespace, *, now: float) -> tuple[str, bool]:
     """Do the action on the synced document: (text to print, whether the document changed)."""
     from huskies_agent.pipeline.document import StoryNotFound
     from huskies_agent.pipeline.model import parse_depends_on, story_id_problem
 
     action: str = args.action
     if action == "list":
-        return format_table(doc), False
+        return render_list(doc, views.StoryFilter(frozenset(args.stage), args.blocked),
+                           views.Output(args.output), now), False
     story_id: str = args.story_id
     if action == "add":
         problem = story_id_problem(story_id)
@@ -126,10 +112,8 @@ def _act(doc: PipelineDoc, args: argparse.Namespace) -> tuple[str, bool]:
             raise CommandError(str(exc)) from None
         return f"added {story_id} in {args.stage}", True
     if action == "show":
-        return format_story(doc, story_id), False
-    if doc.story(story_id) is None:
-        reason = doc.malformed.get(story_id)
-        raise CommandError(f"story {story_id!r} is malformed: {reason}" if reason else f"no story {story_id!r}")
+        return render_story(doc, story_id, views.Output(args.output), now), False
+    _require(doc, story_id)
     # A person's edits are stage moves of a writer of their own (above every epoch, so
     # they fence any running claim) and the plain ``blocked`` flag; see docs/claims.md.
     writer = doc.human_writer()
@@ -148,46 +132,25 @@ def _act(doc: PipelineDoc, args: argparse.Namespace) -> tuple[str, bool]:
     raise CommandError(f"unknown action {action!r}")
 
 
-def format_table(doc: PipelineDoc) -> str:
-    """Every story, ordered by stage then id, as an aligned text table."""
-    header = ("ID", "STAGE", "BLOCKED", "RETRIES", "CLAIMED BY", "EPOCH", "NAME")
-    order = {stage: index for index, stage in enumerate(stages.ALL_STAGES)}
-    stories = sorted(doc.stories.values(), key=lambda s: (order.get(s.stage, 99), s.story_id))
-    rows: list[Sequence[str]] = [header]
-    for story in stories:
-        rows.append((
-            story.story_id, story.stage, "yes" if story.blocked else "no", str(story.retry_count),
-            story.claimed_by or "-", str(story.epoch), story.name,
-        ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]
-             for row in rows]
-    lines = [line.rstrip() for line in lines]
-    summary = f"{len(stories)} stor{'y' if len(stories) == 1 else 'ies'}"
-    quarantined = [f"QUARANTINED  {describe(key)}: {reason}" for key, reason in sorted(doc.malformed.items())]
-    if quarantined:
-        summary += f", {len(quarantined)} quarantined (never worked on; see the reasons above)"
-    return "\n".join([*lines, *quarantined, summary])
-
-
-def format_story(doc: PipelineDoc, story_id: str) -> str:
-    story = doc.story(story_id)
-    if story is None:
+def _require(doc: PipelineDoc, story_id: str) -> None:
+    if doc.story(story_id) is None:
         reason = doc.malformed.get(story_id)
         raise CommandError(f"story {story_id!r} is malformed: {reason}" if reason else f"no story {story_id!r}")
-    claim = story.claim
-    fields = [
-        ("id", story.story_id),
-        ("name", story.name),
-        ("stage", story.stage),
-        ("agent", story.agent or "-"),
-        ("blocked", "yes" if story.blocked else "no"),
-        ("retries", str(story.retry_count)),
-        ("depends on", ", ".join(story.depends_on) or "-"),
-        ("claimed by", story.claimed_by or "-"),
-        ("epoch", str(story.epoch)),
-        ("claimed at", f"{claim.at:.3f}" if claim and claim.held else "-"),
-        ("last error", story.last_error or "-"),
-    ]
-    width = max(len(name) for name, _ in fields)
-    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in fields)
+
+
+def render_list(doc: PipelineDoc, keep: views.StoryFilter, output: views.Output, now: float) -> str:
+    chosen = views.select(doc.stories.values(), keep)
+    # Quarantined entries have no stage or flag to filter on: listed only when nothing is filtered.
+    quarantined = {} if keep.active else dict(doc.malformed)
+    if output is views.Output.TABLE:
+        return views.stories_table(chosen, quarantined, now)
+    return views.dump(views.stories_document(chosen, quarantined, now), output)
+
+
+def render_story(doc: PipelineDoc, story_id: str, output: views.Output, now: float) -> str:
+    _require(doc, story_id)
+    story = doc.story(story_id)
+    assert story is not None
+    if output is views.Output.TABLE:
+        return views.story_text(story, now)
+    return views.dump(views.story_record(story, now), output)

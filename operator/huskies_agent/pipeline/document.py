@@ -277,6 +277,19 @@ class PipelineDoc(Projection):
                 move = StageMove(writer or self.human_writer(), story.stage, story.top_epoch + 1, human=True)
                 item[STAGE_PREFIX + move.writer] = move.to_raw()
 
+    def release_held_by(self, node: str, *, writer: str | None = None) -> dict[str, Story]:
+        """A person frees every story ``node``'s claim holds (``huskies-agent release``), in one transaction.
+
+        Nobody writes another's key: each gets a person's move of the writer's own to the stage it
+        is in, above every epoch, which fences the claim (docs/claims.md). Returns them as they were.
+        """
+        held = {sid: story for sid, story in self._stories.items() if story.claimed_by == node}
+        with self.doc.transaction():
+            for story_id, story in held.items():
+                move = StageMove(writer or self.human_writer(), story.stage, story.top_epoch + 1, human=True)
+                self._item(story_id)[STAGE_PREFIX + move.writer] = move.to_raw()
+        return held
+
     def claim(self, story_id: str, node: str, now: float) -> Claim:
         """Write ``node``'s claim above every epoch of the story, for its current stage."""
         story = self._require(story_id)
