@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -271,3 +272,19 @@ def test_the_operator_refuses_to_start_with_a_bad_patch_and_lists_every_problem(
     assert text.startswith("the build pod is not usable:")
     assert "spec.shareProcessNamespace" in text and "spec.hostIPC" in text
     operator_cmd.check_build_pod(settings_of(pod_patch={"runtimeClassName": "gvisor"}))  # a good one passes
+
+
+def test_the_operator_command_exits_with_the_problems_not_a_traceback() -> None:
+    """``huskies-agent operator`` with a patch that mounts the git Secret in the agent: exit 2, said why."""
+    import json
+    import subprocess
+    import sys
+
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HUSKIES_RENDEZVOUS_URL": "ws://127.0.0.1:9/crdt-sync",
+           "HUSKIES_BUILD_GIT_SECRET": "git", "HUSKIES_BUILD_POD_PATCH": json.dumps({"containers": [
+               {"name": "agent", "volumeMounts": [{"name": buildpod.GIT_SECRET_VOLUME, "mountPath": "/x"}]}]})}
+    done = subprocess.run([sys.executable, "-m", "huskies_agent", "operator"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "the build pod is not usable" in done.stderr and "mounts 'git-credentials'" in done.stderr
