@@ -242,6 +242,10 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
         "volumes": [{"name": "host", "hostPath": {"path": "/var/lib/kubelet"}}],
         "containers": [{"name": "agent", "volumeMounts": [{"name": "host", "mountPath": "/host"}]}]}},
      "mounts the hostPath volume 'host'"),
+    ("a projected service account token in the agent", {"pod_patch": {
+        "volumes": [{"name": "kube", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}],
+        "containers": [{"name": "agent", "volumeMounts": [{"name": "kube", "mountPath": "/var/run/kube"}]}]}},
+     "mounts 'kube', a service account token"),
     ("a shared process namespace", {"pod_patch": {"shareProcessNamespace": True}},
      "spec.shareProcessNamespace: must stay false"),
     ("the host's PID namespace", {"pod_patch": {"hostPID": True}}, "spec.hostPID: must stay false"),

@@ -50,6 +50,7 @@ GIT_CONTAINERS = frozenset({contract.CLONE_CONTAINER, contract.PUBLISH_CONTAINER
 #: Env names that carry git credentials, refused in the agent's container.
 GIT_CREDENTIAL_ENV = frozenset({contract.ENV_GIT_TOKEN, contract.ENV_GIT_TOKEN_FILE, contract.ENV_GIT_SSH_KEY_FILE})
 ISOLATION = "the agent must never see the git credentials (docs/runner.md, Isolation)"
+_TOKEN_RISK = "with any right to read Secrets, an API token reads the git Secret"
 
 
 def _type_name(t: type) -> str:
@@ -210,6 +211,9 @@ def _isolation_problems(spec: Mapping[str, Any], git_secret: str) -> list[str]:
     problems = []
     private = _secret_volumes(spec, git_secret)
     host_paths = {v["name"] for v in spec.get("volumes") or [] if "hostPath" in v}
+    tokens = {v["name"] for v in spec.get("volumes") or []
+              if any(isinstance(src, Mapping) and "serviceAccountToken" in src
+                     for src in (v.get("projected") or {}).get("sources") or [])}
     for kind, c in _containers(spec):
         name = c["name"]
         where = f"container {name!r}"
@@ -232,6 +236,9 @@ def _isolation_problems(spec: Mapping[str, Any], git_secret: str) -> list[str]:
         for vol in sorted(mounts & host_paths):
             problems.append(f"{where} ({kind}): mounts the hostPath volume {vol!r}; a host path reaches other "
                             f"containers' Secret volumes under the kubelet's directory; {ISOLATION}")
+        for vol in sorted(mounts & tokens):
+            problems.append(f"{where} ({kind}): mounts {vol!r}, a service account token; {_TOKEN_RISK}; "
+                            f"{ISOLATION}")
         for e in c.get("env") or []:
             ref = (e.get("valueFrom") or {}).get("secretKeyRef") or {}
             if git_secret and ref.get("name") == git_secret:
@@ -244,8 +251,7 @@ def _isolation_problems(spec: Mapping[str, Any], git_secret: str) -> list[str]:
     for key, why in (("shareProcessNamespace", "the agent would see the git uid's processes"),
                      ("hostPID", "the agent would see the node's processes"),
                      ("hostIPC", "the agent would share the node's IPC namespace"),
-                     ("automountServiceAccountToken", "the agent would get an API token (with any right to read "
-                                                      "Secrets it reads the git Secret)")):
+                     ("automountServiceAccountToken", f"the agent would get an API token; {_TOKEN_RISK}")):
         if spec.get(key):
             problems.append(f"spec.{key}: must stay false: {why}; {ISOLATION}")
     if spec.get("restartPolicy") != "Never":
