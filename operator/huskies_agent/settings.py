@@ -49,9 +49,9 @@ class BuildPodSettings:
     #: git repository the runner clones and pushes to.
     repo_url: str = ""
     base_branch: str = "main"
-    #: Secret holding git credentials (key ``token`` for HTTPS, or ``ssh-privatekey``).
+    #: Secret holding git credentials (keys: ``git_token_key`` for HTTPS, ``git_ssh_private_key_key``).
     git_secret: str = ""
-    #: Secret holding the Anthropic credentials (key ``api-key``).
+    #: Secret holding the Anthropic credentials (key: ``anthropic_secret_key``).
     anthropic_secret: str = ""
     requests: Mapping[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
     limits: Mapping[str, str] = field(default_factory=lambda: {"memory": "4Gi"})

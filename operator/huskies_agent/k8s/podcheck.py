@@ -9,8 +9,8 @@ Two kinds of problem:
   ``clone`` (init container), ``agent`` and ``publish`` keep their command, args and
   termination message path; ``clone`` and ``publish`` share the git uid and the agent runs
   as another, non-root uid; no container but ``clone`` and ``publish`` mounts the git
-  Secret, the publisher's private state or a host path, or reads the git Secret into its
-  environment; nothing runs privileged, adds capabilities or may gain privileges; no shared
+  Secret, the publisher's private state, a host path or a service account token, or reads the
+  git Secret into its environment; nothing runs privileged, adds capabilities or may gain privileges; no shared
   process namespace, host PID/IPC namespace or service account token; ``restartPolicy``
   stays ``Never``.
 """
