@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from huskies_agent.contract import (
     GIT_UID,
 )
 from huskies_agent.pipeline.model import ParseLimits
+from huskies_agent.podsettings import check_build_pod_settings
 
 ENV_PREFIX = "HUSKIES_"
 
@@ -286,42 +286,6 @@ def check_lease_margins(duration: float, renew_deadline: float, retry_period: fl
     if renew_deadline <= LEASE_JITTER_FACTOR * retry_period:
         return (f"lease_renew_deadline_seconds ({renew_deadline:g}) must be longer than "
                 f"{LEASE_JITTER_FACTOR:g} x lease_retry_period_seconds ({retry_period:g})")
-    return ""
-
-
-#: Kubernetes' rule for a Secret's keys (they also become file names in the build pod).
-_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
-#: The largest uid Kubernetes accepts for runAsUser.
-MAX_UID = 2**31 - 1
-
-
-def check_build_pod_settings(build: BuildPodSettings) -> str:
-    """Why the build pod's uid, security context or Secret key settings are unusable ("" when fine).
-
-    The patched pod as a whole is checked by ``k8s/podcheck.py`` when the operator starts.
-    """
-    for name in ("agent_uid", "git_uid"):
-        uid = getattr(build, name)
-        if not 0 < uid <= MAX_UID:
-            why = " (Claude Code refuses to skip its permission prompts as root)" if name == "agent_uid" else ""
-            return f"build.{name}: must be a non-root uid from 1 to {MAX_UID}, got {uid}{why}"
-    if build.agent_uid == build.git_uid:
-        return (f"build.agent_uid and build.git_uid are both {build.agent_uid}: the agent must run as another "
-                "uid than the containers holding the git credentials, or it could read them")
-    for name in ("container_security_context", "pod_security_context"):
-        taken = sorted({"runAsUser", "runAsGroup"} & set(getattr(build, name)))
-        if taken and name == "container_security_context":
-            return f"build.{name}: {', '.join(taken)} differ per container: set build.agent_uid and build.git_uid"
-        if "runAsNonRoot" in getattr(build, name) and getattr(build, name)["runAsNonRoot"] is not True:
-            return f"build.{name}.runAsNonRoot: the build pod runs non-root; it cannot be turned off"
-    keys = {"git_token_key": build.git_token_key, "git_ssh_private_key_key": build.git_ssh_private_key_key,
-            "git_known_hosts_key": build.git_known_hosts_key, "anthropic_secret_key": build.anthropic_secret_key}
-    for name, key in keys.items():
-        if not _SECRET_KEY.match(key) or key in (".", ".."):
-            return f"build.{name}: {key!r} is not a Secret key (letters, digits, '-', '_' or '.')"
-    git_keys = [build.git_token_key, build.git_ssh_private_key_key, build.git_known_hosts_key]
-    if len(set(git_keys)) != len(git_keys):
-        return f"build.git_*_key: the token, ssh key and known_hosts keys must differ, got {git_keys}"
     return ""
 
 
