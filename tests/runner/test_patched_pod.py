@@ -7,7 +7,8 @@ Two halves, each with the real parts it can have here:
    native sidecar, ``runtimeClassName``), other uids and other Secret key names in its settings,
    checks the patched pod at start, claims the story from a real rendezvous and creates the Job. The
    API server validates the Job on create (schema, RuntimeClass admission), the Job controller
-   creates its pod from the patched template, kwok runs it to success and the StoryJob succeeds.
+   creates its pod from the patched template in a namespace enforcing Pod Security "restricted",
+   kwok runs it to success and the StoryJob succeeds.
 2. **The Job as the API server stored it is then run** by ``pod_sim`` (each container a local process
    under its securityContext uid, see pod_sim.py for what is a stand-in): env from the ConfigMap read
    back from the API server, the sidecar's command as a process beside the others, the real runner
@@ -108,6 +109,10 @@ async def test_a_story_runs_in_a_patched_build_pod(cluster: ControlPlane, server
     create_runtime_class(cluster)
     ns = f"patched-{os.getpid() % 100000}-{free_port()}"
     cluster.create_namespace(ns)
+    # Pod Security "restricted" enforced: the patched pod (its sidecar too) must still be admitted.
+    cluster.client.json("PATCH", f"/api/v1/namespaces/{ns}", {"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}},
+        content_type="application/merge-patch+json")
     sidecar_port = free_port()
     toolchain = {"FAKE_CLAUDE_CONTENT": FROM_CONFIGMAP, "FAKE_CLAUDE_FETCH_URL": f"http://127.0.0.1:{sidecar_port}/"}
     cluster.client.create_if_missing(f"/api/v1/namespaces/{ns}/configmaps", {
@@ -162,6 +167,12 @@ async def test_a_story_runs_in_a_patched_build_pod(cluster: ControlPlane, server
     assert len(pods) == 1 and pods[0]["spec"]["runtimeClassName"] == RUNTIME_CLASS
     assert [c["name"] for c in pods[0]["spec"]["initContainers"]] == [contract.CLONE_CONTAINER, "testdb"]
     assert pods[0]["metadata"]["labels"][naming.LABEL_STORY] == naming.label_value(STORY_ID)
+
+    insecure = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "psa-control"},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    status, _body = cluster.client.raw("POST", f"/api/v1/namespaces/{ns}/pods?dryRun=All",
+                                       json.dumps(insecure).encode())
+    assert status == 403, "control: the namespace does not enforce Pod Security restricted"
 
     # ---- that Job run: the runner under the other uids, env from the ConfigMap, the sidecar beside it
     secrets = {("vault-git", "github-token"): TOKEN, ("vault-anthropic", "claude"): ANTHROPIC}
