@@ -19,8 +19,17 @@ from urllib.parse import urlparse
 
 import yaml
 
-from huskies_agent.contract import DEFAULT_CHECKPOINT_INTERVAL_SECONDS
+from huskies_agent.contract import (
+    AGENT_UID,
+    ANTHROPIC_KEY_KEY,
+    DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
+    GIT_KNOWN_HOSTS_KEY,
+    GIT_SSH_KEY_KEY,
+    GIT_TOKEN_KEY,
+    GIT_UID,
+)
 from huskies_agent.pipeline.model import ParseLimits
+from huskies_agent.podsettings import check_build_pod_settings
 
 ENV_PREFIX = "HUSKIES_"
 
@@ -40,9 +49,9 @@ class BuildPodSettings:
     #: git repository the runner clones and pushes to.
     repo_url: str = ""
     base_branch: str = "main"
-    #: Secret holding git credentials (key ``token`` for HTTPS, or ``ssh-privatekey``).
+    #: Secret holding git credentials (keys: ``git_token_key`` for HTTPS, ``git_ssh_private_key_key``).
     git_secret: str = ""
-    #: Secret holding the Anthropic credentials (key ``api-key``).
+    #: Secret holding the Anthropic credentials (key: ``anthropic_secret_key``).
     anthropic_secret: str = ""
     requests: Mapping[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
     limits: Mapping[str, str] = field(default_factory=lambda: {"memory": "4Gi"})
@@ -66,6 +75,24 @@ class BuildPodSettings:
     agent_timeout_seconds: int = 2 * 3600
     #: Mark running pods so cluster-autoscaler/Karpenter do not evict them for consolidation.
     protect_from_consolidation: bool = True
+    # --- the build pod's uids, security contexts and patches (docs/install.md, "Changing the build pod")
+    #: uid (and gid) of the ``agent`` container, which runs Claude Code: not 0, not the git uid.
+    agent_uid: int = AGENT_UID
+    #: uid (and gid) of ``clone`` and ``publish``, the only containers that see the git Secret.
+    git_uid: int = GIT_UID
+    #: Merged over each of the three containers' securityContext (runAsUser: use the uids above).
+    container_security_context: Mapping[str, Any] = field(default_factory=dict)
+    #: Merged over the pod's securityContext.
+    pod_security_context: Mapping[str, Any] = field(default_factory=dict)
+    #: Strategic-merge patch of the generated PodSpec (k8s/podpatch.py), checked at start.
+    pod_patch: Mapping[str, Any] = field(default_factory=dict)
+    #: RFC 6902 operations over the PodSpec, applied after ``pod_patch``.
+    pod_json_patch: tuple[Mapping[str, Any], ...] = ()
+    # --- key names inside the git and Anthropic Secrets (e.g. as External Secrets or Vault write them)
+    git_token_key: str = GIT_TOKEN_KEY
+    git_ssh_private_key_key: str = GIT_SSH_KEY_KEY
+    git_known_hosts_key: str = GIT_KNOWN_HOSTS_KEY
+    anthropic_secret_key: str = ANTHROPIC_KEY_KEY
 
 
 @dataclass(frozen=True)
@@ -218,6 +245,9 @@ class Settings:
             raise SettingsError(f"build.image_pull_policy: invalid {self.build.image_pull_policy!r}")
         if not self.build.image:
             raise SettingsError("build.image: must be set")
+        problem = check_build_pod_settings(self.build)
+        if problem:
+            raise SettingsError(problem)
 
     def require_rendezvous(self) -> None:
         if not self.rendezvous_url:

@@ -241,6 +241,16 @@ FULL_EXPECTED: dict[str, tuple[str, Any]] = {
     "build.maxBudgetUsd": ("build.max_budget_usd", 12.5),
     "build.agentTimeoutSeconds": ("build.agent_timeout_seconds", 3600),
     "build.protectFromConsolidation": ("build.protect_from_consolidation", False),
+    "build.git.tokenKey": ("build.git_token_key", "github-token"),
+    "build.git.sshPrivateKeyKey": ("build.git_ssh_private_key_key", "id_ed25519"),
+    "build.git.knownHostsKey": ("build.git_known_hosts_key", "ssh_known_hosts"),
+    "build.anthropic.existingSecretKey": ("build.anthropic_secret_key", "ANTHROPIC_API_KEY"),
+    "build.agentUid": ("build.agent_uid", 1000650001),
+    "build.gitUid": ("build.git_uid", 1000650002),
+    "build.containerSecurityContext": ("build.container_security_context", {"seLinuxOptions": {"level": "s0:c26,c5"}}),
+    "build.podSecurityContext": ("build.pod_security_context", {"seLinuxOptions": {"level": "s0:c26,c5"}}),
+    "build.podPatch": ("build.pod_patch", yaml.safe_load(FULL.read_text())["build"]["podPatch"]),
+    "build.podJsonPatch": ("build.pod_json_patch", tuple(yaml.safe_load(FULL.read_text())["build"]["podJsonPatch"])),
 }
 
 

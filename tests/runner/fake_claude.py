@@ -19,6 +19,8 @@ Env script:
   FAKE_CLAUDE_EDIT      1/0: write FAKE_CLAUDE_FILE before acting (default: 1 for edit/slow)
   FAKE_CLAUDE_FILE      file to append to, relative to cwd (default fake_claude_output.txt)
   FAKE_CLAUDE_CONTENT   text appended (default "edited by fake claude")
+  FAKE_CLAUDE_FETCH_URL an http URL (e.g. a sidecar's) whose body is appended too, as a test
+                        against a sidecar would use it; retried for 20 s while it refuses
   FAKE_CLAUDE_SLEEP     seconds to sleep in slow mode (default 1)
   FAKE_CLAUDE_EXIT      exit status for crash/error modes (default 3 / 1)
   FAKE_CLAUDE_TURNS, FAKE_CLAUDE_COST   values of the result event (3, 0.0123)
@@ -69,6 +71,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def fetch(url: str) -> str:
+    import urllib.request
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return str(resp.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def main() -> int:
     args = parse_args(sys.argv[1:])
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
@@ -92,6 +108,8 @@ def main() -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         with target.open("a") as fh:
             fh.write(env.get("FAKE_CLAUDE_CONTENT", "edited by fake claude") + "\n")
+            if env.get("FAKE_CLAUDE_FETCH_URL"):
+                fh.write(fetch(env["FAKE_CLAUDE_FETCH_URL"]) + "\n")
         emit({"type": "assistant", "session_id": SESSION,
               "message": {"role": "assistant", "content": [{"type": "tool_use", "name": "Edit",
                                                              "input": {"file_path": str(target)}}]}})

@@ -5,6 +5,12 @@ What is real: the command, args, env and secret references of each container, th
 uid and gid from its securityContext (through ``setpriv``, when the tests run as root),
 every capability dropped and no_new_privs, and one directory per volume.
 
+Env from ConfigMaps (``configMapKeyRef``, ``envFrom``) is resolved from ``configmaps``, as the kubelet
+does (``envFrom`` first, ``env`` over it). A container that is not the runner's (a sidecar from a
+pod patch) runs its command and args as a local process: the stand-in for its image. Native
+sidecars (init containers with ``restartPolicy: Always``) start in their place among the init
+containers, are not waited for, and get SIGTERM once the main containers have ended.
+
 What is a stand-in, and why: there are no mount or PID namespaces (binding volumes over
 the spec's paths would hide this machine's own ``/work``). Mount paths are mapped to
 per-volume directories and env values naming them are rewritten; a volume mounted only by
@@ -68,6 +74,8 @@ class PodSim:
     secrets: Mapping[tuple[str, str], str]
     #: Extra env per container name (e.g. the scripted claude for the agent).
     extra_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: ConfigMaps by name (their data), for env from ConfigMaps.
+    configmaps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="huskies-pod-", dir="/tmp")))
     runs: dict[str, ContainerRun] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
@@ -81,7 +89,8 @@ class PodSim:
 
     # ------------------------------------------------------------------ volumes
     def _uids_mounting(self, name: str) -> set[int]:
-        return {self.uid_of(c) for c in self.all_containers() if name in {m["name"] for m in c["volumeMounts"]}}
+        return {self.uid_of(c) for c in self.all_containers()
+                if name in {m["name"] for m in c.get("volumeMounts") or []}}
 
     def all_containers(self) -> list[dict[str, Any]]:
         return list(self.pod.get("initContainers") or []) + list(self.pod["containers"])
@@ -116,13 +125,13 @@ class PodSim:
         if path == container.get("terminationMessagePath"):
             return str(self.termination_file(container["name"]))
         best = ""
-        for mount in container["volumeMounts"]:
+        for mount in container.get("volumeMounts") or []:
             mp = mount["mountPath"]
             if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
                 best = mp
         if not best:
             return path
-        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == best)
+        mount = next(m for m in container.get("volumeMounts") or [] if m["mountPath"] == best)
         return str(self.volume_dirs[mount["name"]]) + path[len(best):]
 
     def termination_file(self, name: str) -> Path:
@@ -134,17 +143,16 @@ class PodSim:
     def _process(self, container: Mapping[str, Any]) -> tuple[list[str], dict[str, str], str]:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                "PYTHONPATH": _pythonpath()}
-        for item in container["env"]:
+        for source in container.get("envFrom") or []:
+            env.update(self._env_from(source))
+        for item in container.get("env") or []:
             if "value" in item:
                 env[item["name"]] = self.host_path(container, item["value"])
                 continue
-            ref = item["valueFrom"]["secretKeyRef"]
-            value = self.secrets.get((ref["name"], ref["key"]))
+            value = self._value_from(item["valueFrom"])
             if value is not None:
                 env[item["name"]] = value
-            elif not ref.get("optional"):
-                raise AssertionError(f"secret {ref} is missing and not optional")
-        for mount in container["volumeMounts"]:
+        for mount in container.get("volumeMounts") or []:
             if mount["mountPath"] == "/tmp":
                 env["TMPDIR"] = str(self.volume_dirs[mount["name"]])
         term = self.termination_file(container["name"])
@@ -152,9 +160,11 @@ class PodSim:
         if IS_ROOT:
             os.chown(term, self.uid_of(container), self.uid_of(container))
         env.update(self.extra_env.get(container["name"], {}))
-        assert container["command"][0] == "huskies-agent"
-        argv = [*_python(), "-m", "huskies_agent", "--log-format", "json", *container["command"][1:],
-                *container["args"]]
+        if container["command"][0] == "huskies-agent":
+            argv = [*_python(), "-m", "huskies_agent", "--log-format", "json", *container["command"][1:],
+                    *container["args"]]
+        else:  # a sidecar or init container from a patch: its command stands in for its image
+            argv = [*container["command"], *(container.get("args") or [])]
         if IS_ROOT:
             uid = self.uid_of(container)
             gid = int(container["securityContext"].get("runAsGroup", uid))
@@ -162,6 +172,32 @@ class PodSim:
                     "--inh-caps=-all", "--bounding-set=-all", "--", *argv]
         cwd = self.host_path(container, container.get("workingDir", "/"))
         return argv, env, cwd
+
+    def _value_from(self, source: Mapping[str, Any]) -> str | None:
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            value = self.secrets.get((ref["name"], ref["key"]))
+        else:
+            ref = source["configMapKeyRef"]
+            value = (self.configmaps.get(ref["name"]) or {}).get(ref["key"])
+        if value is None and not ref.get("optional"):
+            raise AssertionError(f"{ref} is missing and not optional: the kubelet would not start the container")
+        return value
+
+    def _env_from(self, source: Mapping[str, Any]) -> dict[str, str]:
+        prefix = source.get("prefix", "")
+        if "configMapRef" in source:
+            ref = source["configMapRef"]
+            data = self.configmaps.get(ref["name"])
+        else:
+            ref = source["secretRef"]
+            found = {key: value for (name, key), value in self.secrets.items() if name == ref["name"]}
+            data = found or None
+        if data is None:
+            if not ref.get("optional"):
+                raise AssertionError(f"{ref} is missing and not optional: the kubelet would not start the container")
+            return {}
+        return {prefix + key: value for key, value in data.items()}
 
     def start(self, container: Mapping[str, Any]) -> subprocess.Popen[str]:
         argv, env, cwd = self._process(container)
@@ -183,9 +219,14 @@ class PodSim:
         """Run the init containers in order; ``False`` when one failed (the pod then fails)."""
         for container in self.pod.get("initContainers") or []:
             self.start(container)
+            if container.get("restartPolicy") == "Always":
+                continue  # a native sidecar: runs beside the rest of the pod
             if self._collect(container["name"], timeout).returncode != 0:
                 return False
         return True
+
+    def sidecars(self) -> list[dict[str, Any]]:
+        return [c for c in self.pod.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
 
     def start_main(self) -> None:
         for container in self.pod["containers"]:
@@ -195,6 +236,12 @@ class PodSim:
         deadline = time.monotonic() + timeout
         for container in self.pod["containers"]:
             self._collect(container["name"], max(1.0, deadline - time.monotonic()))
+        for sidecar in self.sidecars():  # the kubelet stops sidecars once the main containers are done
+            proc = self.procs.get(sidecar["name"])
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            if proc is not None:
+                self._collect(sidecar["name"], 30)
         return self.runs
 
     def terminate(self) -> None:
@@ -268,8 +315,9 @@ def descendants(pid: int) -> list[int]:
 
 @contextlib.contextmanager
 def pod_sim(job: dict[str, Any], secrets: Mapping[tuple[str, str], str],
-            extra_env: Mapping[str, Mapping[str, str]] | None = None) -> Iterator[PodSim]:
-    sim = PodSim(job, secrets, extra_env or {})
+            extra_env: Mapping[str, Mapping[str, str]] | None = None,
+            configmaps: Mapping[str, Mapping[str, str]] | None = None) -> Iterator[PodSim]:
+    sim = PodSim(job, secrets, extra_env or {}, configmaps=configmaps or {})
     try:
         yield sim
     finally:

@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pod_sim import IS_ROOT, PodSim
@@ -54,18 +55,35 @@ def server(tmp_path: Path) -> Iterator[tuple[GitHttpServer, Path, str]]:
         yield srv, bare, main_sha
 
 
+#: The same pod changed as issue 16's users change it: other uids (OpenShift-like), renamed Secret keys,
+#: env from a ConfigMap and a sidecar (under a third uid) beside the hostile agent.
+PATCHED: dict[str, Any] = {
+    "agent_uid": 1000650001, "git_uid": 1000650002, "git_token_key": "github-token",
+    "git_ssh_private_key_key": "id_ed25519", "anthropic_secret_key": "claude",
+    "pod_patch": {
+        "initContainers": [{"name": "sidecar", "image": "registry.invalid/sidecar:1", "restartPolicy": "Always",
+                            "command": ["python3", "-c", "import time; time.sleep(3600)"],
+                            "securityContext": {"runAsUser": 20003, "allowPrivilegeEscalation": False,
+                                                "capabilities": {"drop": ["ALL"]}}}],
+        "containers": [{"name": "agent", "envFrom": [{"configMapRef": {"name": "toolchain"}}]}],
+    },
+}
+
+
 def make_pod(url: str, epoch: int, agent: dict[str, str], *, stage: str = "2_current",
-             checkpoint: float | None = None) -> PodSim:
+             checkpoint: float | None = None, build: dict[str, Any] | None = None) -> PodSim:
     settings = Settings(namespace="ns", build=BuildPodSettings(
-        repo_url=url, base_branch="main", git_secret="git-creds", anthropic_secret="anthropic"))
+        repo_url=url, base_branch="main", git_secret="git-creds", anthropic_secret="anthropic", **(build or {})))
+    assert objects.build_pod_problems(settings) == []
     job = objects.build_job(settings, objects.RunSpec(STORY_ID, stage, "node-a", epoch), owner_uid="uid")
     extra: dict[str, dict[str, str]] = {contract.AGENT_CONTAINER: {"HUSKIES_AGENT_TIMEOUT_SECONDS": "120", **agent}}
     if checkpoint is not None:
         for name in (contract.AGENT_CONTAINER, contract.PUBLISH_CONTAINER):
             extra.setdefault(name, {})[contract.ENV_CHECKPOINT_INTERVAL] = str(checkpoint)
-    secrets = {("git-creds", "token"): TOKEN, ("git-creds", "ssh-privatekey"): SSH_KEY,
-               ("anthropic", "api-key"): ANTHROPIC}
-    return PodSim(job, secrets, extra)
+    b = settings.build
+    secrets = {("git-creds", b.git_token_key): TOKEN, ("git-creds", b.git_ssh_private_key_key): SSH_KEY,
+               ("anthropic", b.anthropic_secret_key): ANTHROPIC}
+    return PodSim(job, secrets, extra, configmaps={"toolchain": {"TOOLCHAIN": "go1.23"}})
 
 
 def read_tree(root: Path, *, skip_git: bool = False) -> str:
@@ -108,13 +126,16 @@ def stop_lurker(loot: Path) -> None:
                 pass
 
 
-@pytest.mark.parametrize("swap", [False, True], ids=["traps", "traps-and-symlinked-records"])
+@pytest.mark.parametrize(("swap", "build"), [(False, None), (True, None), (False, PATCHED)],
+                         ids=["traps", "traps-and-symlinked-records", "traps-in-a-patched-pod-with-other-uids"])
 def test_hostile_agent_gets_no_credentials_and_only_the_fenced_push_lands(
-    server: tuple[GitHttpServer, Path, str], tmp_path: Path, swap: bool,
+    server: tuple[GitHttpServer, Path, str], tmp_path: Path, swap: bool, build: dict[str, Any] | None,
 ) -> None:
     srv, bare, main_sha = server
     url = srv.url("project.git")
-    pod = make_pod(url, 7, {"HUSKIES_CLAUDE_BIN": str(HOSTILE)})
+    pod = make_pod(url, 7, {"HUSKIES_CLAUDE_BIN": str(HOSTILE)}, build=build)
+    agent_uid = (build or {}).get("agent_uid", contract.AGENT_UID)
+    keys = (build or {}).get("git_token_key", "token"), (build or {}).get("git_ssh_private_key_key", "ssh-privatekey")
     loot = pod.root / "loot"
     loot.mkdir(mode=0o777)
     loot.chmod(0o777)
@@ -122,7 +143,7 @@ def test_hostile_agent_gets_no_credentials_and_only_the_fenced_push_lands(
     probe = [str(pod.root), *(str(d) for d in pod.volume_dirs.values())]
     pod.extra_env[contract.AGENT_CONTAINER].update({  # type: ignore[index]
         "HOSTILE_LOOT": str(loot), "HOSTILE_PROBE": os.pathsep.join(probe),
-        "HOSTILE_SECRET_PATHS": os.pathsep.join([str(secret_dir / "token"), str(secret_dir / "ssh-privatekey")]),
+        "HOSTILE_SECRET_PATHS": os.pathsep.join([str(secret_dir / key) for key in keys]),
         "HOSTILE_LURK_SECONDS": "15", "HOSTILE_SWAP": "1" if swap else "0",
     })
     try:
@@ -150,7 +171,11 @@ def test_hostile_agent_gets_no_credentials_and_only_the_fenced_push_lands(
     assert ANTHROPIC not in outputs  # redacted in the agent's log
     # ... and its traps never ran as anything but itself.
     # (they are live: the agent phase's own git, in the agent's uid, set them off)
-    assert trap_uids == {str(contract.AGENT_UID)}, trap_uids
+    assert trap_uids == {str(agent_uid)}, trap_uids
+    if build is not None:
+        assert {r.name: r.uid for r in runs.values()} == {
+            "clone": 1000650002, "sidecar": 20003, "agent": 1000650001, "publish": 1000650002}
+        assert "TOOLCHAIN" in stolen and "go1.23" in stolen  # the ConfigMap's env did reach the agent
     assert all(p["rc"] != 0 for p in pushes.values()), pushes
 
     branches = remote_branches(url_with_token(url))
@@ -172,7 +197,7 @@ def test_hostile_agent_gets_no_credentials_and_only_the_fenced_push_lands(
     assert TOKEN not in history and SSH_KEY.splitlines()[1] not in history
 
     # The forged epoch does not fence the next claim: epoch 8 resumes and pushes over it.
-    second = make_pod(url, 8, {"HUSKIES_CLAUDE_BIN": str(FAKE_CLAUDE)}, stage="3_qa")
+    second = make_pod(url, 8, {"HUSKIES_CLAUDE_BIN": str(FAKE_CLAUDE)}, stage="3_qa", build=build)
     try:
         runs2 = second.run()
     finally:

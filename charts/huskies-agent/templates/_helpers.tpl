@@ -145,6 +145,16 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
   "max_budget_usd" $b.maxBudgetUsd
   "agent_timeout_seconds" $b.agentTimeoutSeconds
   "protect_from_consolidation" $b.protectFromConsolidation
+  "agent_uid" $b.agentUid
+  "git_uid" $b.gitUid
+  "container_security_context" ($b.containerSecurityContext | default dict)
+  "pod_security_context" ($b.podSecurityContext | default dict)
+  "pod_patch" ($b.podPatch | default dict)
+  "pod_json_patch" ($b.podJsonPatch | default list)
+  "git_token_key" $b.git.tokenKey
+  "git_ssh_private_key_key" $b.git.sshPrivateKeyKey
+  "git_known_hosts_key" $b.git.knownHostsKey
+  "anthropic_secret_key" $b.anthropic.existingSecretKey
 }}
 {{- $settings := dict
   "rendezvous_url" .Values.rendezvous.url
@@ -206,6 +216,9 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
 {{- end }}
 {{- if .Values.rbac.clusterWide }}
 {{- fail "rbac.clusterWide was removed: the operator watches only its release namespace and needs no cluster-wide rights; unset it" }}
+{{- end }}
+{{- if eq (int .Values.build.agentUid) (int .Values.build.gitUid) }}
+{{- fail (printf "build.agentUid and build.gitUid are both %v: the agent must run as another uid than the containers holding the git credentials" .Values.build.agentUid) }}
 {{- end }}
 {{- if gt (float64 .Values.websocket.reconnectMinSeconds) (float64 .Values.websocket.reconnectMaxSeconds) }}
 {{- fail (printf "websocket.reconnectMinSeconds (%v) must not exceed websocket.reconnectMaxSeconds (%v)" .Values.websocket.reconnectMinSeconds .Values.websocket.reconnectMaxSeconds) }}

@@ -44,10 +44,21 @@ def run(args: argparse.Namespace) -> int:
             settings = dataclasses.replace(settings, **overrides)
             settings.validate()
         settings.require_rendezvous()
+        check_build_pod(settings)
     except SettingsError as exc:
         log.error("invalid settings: %s", exc)
         return 2
     return asyncio.run(operate(settings))
+
+
+def check_build_pod(settings: Any) -> None:
+    """Refuse at start a build pod the patches broke (SettingsError naming every problem)."""
+    from huskies_agent.k8s.objects import build_pod_problems
+    from huskies_agent.settings import SettingsError
+
+    problems = build_pod_problems(settings)
+    if problems:
+        raise SettingsError("the build pod is not usable:\n  - " + "\n  - ".join(problems))
 
 
 async def operate(settings: Any) -> int:

@@ -2,9 +2,9 @@
 
 Three containers from the runner image (``docs/runner.md``, "Isolation"):
 
-* init container ``clone`` (git uid): mounts the git Secret, fetches the story's start
+* init container ``clone`` (git uid, ``build.git_uid``): mounts the git Secret, fetches the story's start
   into the publisher's private volume and a credential-free seed into the workspace;
-* ``agent`` (agent uid): Claude Code with the Anthropic key, the workspace and its own
+* ``agent`` (agent uid, ``build.agent_uid``): Claude Code with the Anthropic key, the workspace and its own
   ``/tmp``; no git Secret, no git token, no access to the private volume;
 * ``publish`` (git uid): the git Secret, the private volume and the workspace read-only;
   pushes fenced checkpoints while the agent works and the final commit after it.
@@ -16,6 +16,8 @@ token, read-only root filesystems, every capability dropped.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from typing import Any
 
 from huskies_agent import contract
@@ -30,8 +32,9 @@ GIT_TMP_VOLUME = "git-tmp"
 GIT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "100m", "memory": "256Mi"}}
 
 
-def security_context(uid: int) -> dict[str, Any]:
-    return {
+def security_context(uid: int, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A container's securityContext: the defaults, ``build.container_security_context`` over them."""
+    out: dict[str, Any] = {
         "runAsNonRoot": True,
         "runAsUser": uid,
         "runAsGroup": uid,
@@ -40,6 +43,8 @@ def security_context(uid: int) -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+    out.update(copy.deepcopy(dict(overrides or {})))
+    return out
 
 
 def _value(name: str, value: str) -> dict[str, Any]:
@@ -62,8 +67,10 @@ def git_env(build: BuildPodSettings, checkpoint_interval: float) -> list[dict[st
     ]
     if build.git_secret:
         # Files, not env values: the token is read by git's credential helper when git asks.
-        env.append(_value(contract.ENV_GIT_TOKEN_FILE, f"{contract.GIT_SECRET_DIR}/{contract.GIT_TOKEN_KEY}"))
-        env.append(_value(contract.ENV_GIT_SSH_KEY_FILE, f"{contract.GIT_SECRET_DIR}/{contract.GIT_SSH_KEY_KEY}"))
+        # The Secret's keys are files named after them (build.git_*_key, for External Secrets or Vault).
+        env.append(_value(contract.ENV_GIT_TOKEN_FILE, f"{contract.GIT_SECRET_DIR}/{build.git_token_key}"))
+        env.append(_value(contract.ENV_GIT_SSH_KEY_FILE, f"{contract.GIT_SECRET_DIR}/{build.git_ssh_private_key_key}"))
+        env.append(_value(contract.ENV_GIT_KNOWN_HOSTS_FILE, f"{contract.GIT_SECRET_DIR}/{build.git_known_hosts_key}"))
     return env
 
 
@@ -81,7 +88,7 @@ def agent_env(build: BuildPodSettings, checkpoint_interval: float) -> list[dict[
     if build.anthropic_secret:
         env.append({
             "name": contract.ENV_ANTHROPIC_KEY,
-            "valueFrom": {"secretKeyRef": {"name": build.anthropic_secret, "key": contract.ANTHROPIC_KEY_KEY}},
+            "valueFrom": {"secretKeyRef": {"name": build.anthropic_secret, "key": build.anthropic_secret_key}},
         })
     env.extend(dict(e) for e in build.extra_env)
     return env
@@ -130,7 +137,7 @@ def _container(name: str, build: BuildPodSettings, phase: contract.Phase, args: 
         "terminationMessagePath": contract.TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "workingDir": contract.WORKDIR,
-        "securityContext": security_context(uid),
+        "securityContext": security_context(uid, build.container_security_context),
     }
 
 
@@ -141,19 +148,22 @@ def containers(build: BuildPodSettings, args: list[str], agent_resources: dict[s
     if checkpoint_interval is None:
         checkpoint_interval = build.checkpoint_interval_seconds
     genv = git_env(build, checkpoint_interval)
-    clone = _container(contract.CLONE_CONTAINER, build, contract.Phase.CLONE, args, contract.GIT_UID, genv,
+    clone = _container(contract.CLONE_CONTAINER, build, contract.Phase.CLONE, args, build.git_uid, genv,
                        _git_mounts(build, workspace_read_only=False), GIT_RESOURCES)
     agent_mounts = [
         {"name": WORK_VOLUME, "mountPath": contract.WORKDIR},
         {"name": AGENT_TMP_VOLUME, "mountPath": "/tmp"},
         *(dict(m) for m in build.extra_volume_mounts),
     ]
-    agent = _container(contract.AGENT_CONTAINER, build, contract.Phase.AGENT, args, contract.AGENT_UID,
+    agent = _container(contract.AGENT_CONTAINER, build, contract.Phase.AGENT, args, build.agent_uid,
                        agent_env(build, checkpoint_interval), agent_mounts, agent_resources)
-    publish = _container(contract.PUBLISH_CONTAINER, build, contract.Phase.PUBLISH, args, contract.GIT_UID,
+    publish = _container(contract.PUBLISH_CONTAINER, build, contract.Phase.PUBLISH, args, build.git_uid,
                          list(genv), _git_mounts(build, workspace_read_only=True), GIT_RESOURCES)
     return [clone], [agent, publish]
 
 
-def pod_security() -> dict[str, Any]:
-    return {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+def pod_security(build: BuildPodSettings) -> dict[str, Any]:
+    """The pod's securityContext: the defaults, ``build.pod_security_context`` over them."""
+    out: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    out.update(copy.deepcopy(dict(build.pod_security_context)))
+    return out

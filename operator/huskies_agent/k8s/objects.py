@@ -7,11 +7,11 @@ unit-tested without a cluster (the habit dask-kubernetes' operator follows).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from huskies_agent import contract
-from huskies_agent.k8s import buildpod, naming
+from huskies_agent.k8s import buildpod, naming, podcheck, podpatch
 from huskies_agent.pipeline.model import branch_for
 from huskies_agent.settings import Settings
 
@@ -120,7 +120,7 @@ def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[s
         "volumes": buildpod.volumes(build),
         "automountServiceAccountToken": False,
         "shareProcessNamespace": False,
-        "securityContext": buildpod.pod_security(),
+        "securityContext": buildpod.pod_security(build),
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": contract.TERMINATION_GRACE_SECONDS,
     }
@@ -136,6 +136,7 @@ def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[s
         pod_spec["affinity"] = dict(build.affinity)
     if build.priority_class_name:
         pod_spec["priorityClassName"] = build.priority_class_name
+    pod_spec = patched_pod_spec(settings, pod_spec)
 
     metadata: dict[str, Any] = {
         "name": run.name,
@@ -169,6 +170,35 @@ def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[s
             },
         },
     }
+
+
+def patched_pod_spec(settings: Settings, pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """``build.pod_patch`` then ``build.pod_json_patch`` over the generated spec (PatchError if they fail)."""
+    build = settings.build
+    if build.pod_patch:
+        pod_spec = podpatch.strategic_merge(pod_spec, build.pod_patch)
+    if build.pod_json_patch:
+        pod_spec = podpatch.json_patch(pod_spec, build.pod_json_patch)
+    return pod_spec
+
+
+#: The run the start-up check builds its sample pod for.
+SAMPLE_RUN = RunSpec("0_sample", "2_current", "sample-node", 1)
+
+
+def build_pod_problems(settings: Settings) -> list[str]:
+    """What is wrong with the build pod these settings make, patches applied ([] when nothing).
+
+    Checked once at start (``operator`` command), so a bad patch stops the install with a
+    message instead of failing every story's Job.
+    """
+    unpatched = replace(settings, build=replace(settings.build, pod_patch={}, pod_json_patch=()))
+    generated = build_job(unpatched, SAMPLE_RUN, None)["spec"]["template"]["spec"]
+    try:
+        spec = build_job(settings, SAMPLE_RUN, None)["spec"]["template"]["spec"]
+    except podpatch.PatchError as exc:
+        return [f"build.pod_patch / build.pod_json_patch: {exc}"]
+    return podcheck.problems(generated, spec, settings.build.git_secret)
 
 
 # ---------------------------------------------------------------------- reading status
