@@ -67,11 +67,14 @@ def _operator_env(cfg: AutoscaleConfig) -> dict[str, str]:
 class AutoscaleEnv:
     """The whole setup as a context manager; see the module doc. Blocking start-up (~15-30 s)."""
 
-    def __init__(self, run_dir: Path, cfg: AutoscaleConfig | None = None) -> None:
+    def __init__(self, run_dir: Path, cfg: AutoscaleConfig | None = None, *, testbin: Path | None = None,
+                 karpenter_dir: Path | None = None) -> None:
+        """``testbin`` and ``karpenter_dir``: the binaries' directories (``None``: build them if missing)."""
         self.run_dir = run_dir
         self.cfg = cfg or AutoscaleConfig()
         self.log_dir = run_dir / "logs"
-        self.karpenter_dir: Path | None = None
+        self.testbin = testbin
+        self.karpenter_dir: Path | None = karpenter_dir
         self.plane: ControlPlane | None = None
         self.karpenter: KarpenterKwok | None = None
         self.procs: list[Proc] = []
@@ -101,12 +104,14 @@ class AutoscaleEnv:
         cfg = self.cfg
         self.log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        self.karpenter_dir = karpenter.karpenter_dir()  # builds when missing; raises naming the step
+        if self.karpenter_dir is None:
+            self.karpenter_dir = karpenter.karpenter_dir()  # builds when missing; raises naming the step
         self.timings["karpenter build/lookup"] = time.monotonic() - t0
 
         t = time.monotonic()
         system = NodeSpec("system-0", cpu=cfg.system_node_cpu, memory="2Gi", labels={POOL_LABEL: "system"})
-        self.plane = ControlPlane(find_testbin(build=True), self.run_dir / "cluster", tier="cluster", nodes=[system])
+        testbin = self.testbin or find_testbin(build=True)
+        self.plane = ControlPlane(testbin, self.run_dir / "cluster", tier="cluster", nodes=[system])
         self.plane.start()
         self.timings["control plane"] = time.monotonic() - t
 

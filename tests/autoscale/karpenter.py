@@ -1,7 +1,7 @@
 """Karpenter's kwok provider (``sigs.k8s.io/karpenter/kwok``) against the devcluster control plane.
 
-* :func:`karpenter_dir` builds (or finds) the binary and its CRDs with
-  ``tools/testbin-optional/build-karpenter.sh`` (cached outside the repository).
+* :func:`karpenter_dir` finds (or builds) the binary and its CRDs with ``tools/karpenter/build.sh``,
+  the one place that knows the cache directory (``~/.cache/huskies-agent/karpenter/<key>/``).
 * :func:`install_crds`, :func:`nodeclass`, :func:`nodepool` create the objects Karpenter needs.
 * :class:`KarpenterKwok` runs the binary as a child process, out of cluster, with the admin
   kubeconfig and leader election off. Karpenter binds its metrics and health servers to every
@@ -35,7 +35,7 @@ from huskies_agent_dev.devcluster import ControlPlane
 from huskies_agent_dev.devcluster._http import AdminClient
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = ROOT / "tools" / "testbin-optional" / "build-karpenter.sh"
+BUILD_SCRIPT = ROOT / "tools" / "karpenter" / "build.sh"
 RELAY = Path(__file__).resolve().parent / "netns_relay.py"
 BINARY = "karpenter-kwok"
 
@@ -52,24 +52,37 @@ class KarpenterError(RuntimeError):
     """Karpenter could not be built, installed or started; the message says which step failed."""
 
 
+class KarpenterNotBuilt(KarpenterError):
+    """The binary is not in its cache directory (and building was not asked for)."""
+
+
 # --------------------------------------------------------------------------------------------------
 # binary and CRDs
 
 
-def karpenter_dir() -> Path:
-    """Run build-karpenter.sh (cheap when cached) and return its directory (binary, crds/, VERSION)."""
+def karpenter_dir(*, build: bool = True) -> Path:
+    """The directory with the binary, crds/ and VERSION, from ``tools/karpenter/build.sh``.
+
+    With ``build`` the script builds what is missing (cheap when cached; ~5 min cold) and a failure
+    raises :class:`KarpenterError` naming the step. Without, the script only names the directory, and
+    :class:`KarpenterNotBuilt` is raised when it is incomplete.
+    """
     if not BUILD_SCRIPT.is_file():
         raise KarpenterError(f"{BUILD_SCRIPT} is missing")
     t0 = time.monotonic()
     # stderr (progress, the failing step) goes straight to ours; the last stdout line is the directory.
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
+    argv = ["bash", str(BUILD_SCRIPT)] + ([] if build else ["--dir"])
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
     lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
+    script = BUILD_SCRIPT.relative_to(ROOT)
+    if not build and proc.returncode == 3 and lines:
+        raise KarpenterNotBuilt(f"Karpenter-kwok is not built in {lines[-1]}: run `make karpenter` "
+                                f"(bash {script}, ~5 min cold on 2 cores)")
     if proc.returncode != 0 or not lines:
-        raise KarpenterError(
-            f"{BUILD_SCRIPT.relative_to(ROOT)} failed (exit {proc.returncode}); its stderr above names the step")
+        raise KarpenterError(f"{script} failed (exit {proc.returncode}); its stderr above names the step")
     out = Path(lines[-1])
     if not os.access(out / BINARY, os.X_OK) or not (out / "crds").is_dir():
-        raise KarpenterError(f"{BUILD_SCRIPT.relative_to(ROOT)} printed {out}, which lacks {BINARY} or crds/")
+        raise KarpenterError(f"{script} printed {out}, which lacks {BINARY} or crds/")
     took = time.monotonic() - t0
     if took > 5:
         print(f"karpenter-kwok built in {took:.0f} s -> {out}", file=sys.stderr)
@@ -392,6 +405,7 @@ __all__ = [
     "INSTANCE_TYPE_LABEL",
     "KarpenterError",
     "KarpenterKwok",
+    "KarpenterNotBuilt",
     "NODEPOOL_LABEL",
     "apply",
     "condition",
