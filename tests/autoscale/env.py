@@ -46,11 +46,23 @@ class AutoscaleConfig:
     instance_cpu: tuple[str, ...] = ("8",)
     limit_cpu: str = "40"
     consolidate_after: str = "5s"
+    #: NodePool disruption.consolidationPolicy (WhenEmpty, or WhenEmptyOrUnderutilized to let
+    #: Karpenter move running pods to cheaper nodes: what karpenter.sh/do-not-disrupt prevents).
+    consolidation_policy: str = "WhenEmpty"
     #: KWOKNodeClass nodeRegistrationDelay: simulated instance boot time ("" = none).
     registration_delay: str = ""
     system_node_cpu: str = "1"
     karpenter_log_level: str = "info"
     namespace: str = "builds"
+    #: Operator settings left at their defaults when ``None``.
+    pending_scale_up_timeout_seconds: float | None = None
+    resync_interval_seconds: float | None = None
+
+
+def _optional_env(cfg: AutoscaleConfig) -> dict[str, str]:
+    optional = {"HUSKIES_PENDING_SCALE_UP_TIMEOUT_SECONDS": cfg.pending_scale_up_timeout_seconds,
+                "HUSKIES_RESYNC_INTERVAL_SECONDS": cfg.resync_interval_seconds}
+    return {k: str(v) for k, v in optional.items() if v is not None}
 
 
 def _operator_env(cfg: AutoscaleConfig) -> dict[str, str]:
@@ -61,6 +73,7 @@ def _operator_env(cfg: AutoscaleConfig) -> dict[str, str]:
         "HUSKIES_BUILD_POD_ANNOTATIONS": json.dumps({"test.huskies/run-for": cfg.run_for}),
         "HUSKIES_BUILD_NODE_SELECTOR": json.dumps({POOL_LABEL: "build"}),
         "HUSKIES_BUILD_TOLERATIONS": json.dumps([{**BUILD_TAINT, "operator": "Equal"}]),
+        **_optional_env(cfg),
     }
 
 
@@ -123,7 +136,7 @@ class AutoscaleEnv:
         self.nodeclass = karpenter.nodeclass(registration_delay=cfg.registration_delay)
         self.nodepool = karpenter.nodepool(
             instance_cpu=cfg.instance_cpu, limit_cpu=cfg.limit_cpu, consolidate_after=cfg.consolidate_after,
-            labels={POOL_LABEL: "build"}, taints=[BUILD_TAINT])
+            consolidation_policy=cfg.consolidation_policy, labels={POOL_LABEL: "build"}, taints=[BUILD_TAINT])
         karpenter.apply(client, self.nodeclass)
         karpenter.apply(client, self.nodepool)
         self.timings["CRDs and objects"] = time.monotonic() - t

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -140,14 +141,16 @@ def nodepool(
     instance_family: tuple[str, ...] = ("c",),
     limit_cpu: str = "40",
     consolidate_after: str = "5s",
+    consolidation_policy: str = "WhenEmpty",
     labels: dict[str, str] | None = None,
     taints: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """A NodePool of Karpenter-kwok's own instance types (``<family>-<cpu>x-<arch>-<os>``, e.g.
     ``c-8x-amd64-linux`` = 8 cpu / 16Gi), on-demand, amd64/linux.
 
-    Empty nodes go after ``consolidate_after`` (policy ``WhenEmpty``; budget 100 %, so all empty
-    nodes can go at once); ``expireAfter: Never``, as docs/autoscaling.md advises for build pools.
+    Empty nodes go after ``consolidate_after`` (policy ``consolidation_policy``, ``WhenEmpty`` by default;
+    budget 100 %, so all empty nodes can go at once); ``expireAfter: Never``, as docs/autoscaling.md
+    advises for build pools.
     """
     requirements = [
         {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
@@ -171,7 +174,7 @@ def nodepool(
             "template": {"metadata": {"labels": dict(labels or {})}, "spec": template_spec},
             "limits": {"cpu": limit_cpu},
             "disruption": {
-                "consolidationPolicy": "WhenEmpty",
+                "consolidationPolicy": consolidation_policy,
                 "consolidateAfter": consolidate_after,
                 "budgets": [{"nodes": "100%"}],
             },
@@ -184,6 +187,17 @@ def apply(client: AdminClient, obj: dict[str, Any]) -> None:
     kind = obj["kind"].lower()
     plural = kind + "es" if kind.endswith("s") else kind + "s"
     client.json("POST", f"/apis/{group_version}/{plural}", obj)
+
+
+def patch_nodepool(client: AdminClient, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch a NodePool (e.g. its requirements)."""
+    return dict(client.json("PATCH", f"/apis/karpenter.sh/v1/nodepools/{name}", patch, ok=(200,),
+                            content_type="application/merge-patch+json"))
+
+
+def events(client: AdminClient, field_selector: str) -> list[dict[str, Any]]:
+    """core/v1 Events in every namespace matching ``field_selector`` (e.g. ``involvedObject.kind=Node``)."""
+    return list(client.json("GET", f"/api/v1/events?fieldSelector={quote(field_selector)}")["items"])
 
 
 def karpenter_nodes(client: AdminClient) -> list[dict[str, Any]]:
@@ -415,6 +429,8 @@ __all__ = [
     "karpenter_version",
     "nodeclaims",
     "nodeclass",
+    "events",
     "nodepool",
+    "patch_nodepool",
     "unix_get",
 ]
