@@ -175,7 +175,8 @@ async def on_autoscaler_event(ctx: Context, event_type: str, event: Mapping[str,
         return
     pod_name, signal = read
     run = _run_of_pod(ctx, pod_name)
-    if run is None or not await note_signal(ctx, run, signal):
+    # A verdict about a pod that already runs is history (e.g. listed again after a restart).
+    if run is None or run.running_seen or not await note_signal(ctx, run, signal):
         return
     await judge_pending(ctx, run)
 

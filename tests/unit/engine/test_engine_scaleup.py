@@ -147,3 +147,10 @@ async def test_verdicts_about_other_pods_change_nothing(h):
                                                                    source=NO_SCALE_UP[2]))
     await h.settle()
     assert name in h.kube.jobs and h.engine.runs["1_a"].scale_signal is None
+
+
+async def test_a_verdict_about_a_running_pod_is_history(h):
+    name, pod = await pending_pod(h)
+    await h.engine.on_pod_event("MODIFIED", h.kube.set_pod_status(pod["metadata"]["name"], {"phase": "Running"}))
+    await autoscaler_says(h, pod, NOMINATED)
+    assert h.engine.runs["1_a"].scale_signal is None and not [e for e in h.kube.events if e.reason == "ScaleUp"]
