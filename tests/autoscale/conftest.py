@@ -42,8 +42,8 @@ MakeEnv = Callable[..., AutoscaleEnv]
 
 
 @pytest.fixture
-def make_env(tmp_path: Path, request: pytest.FixtureRequest, testbin: Path,
-             karpenter_bin: Path) -> Iterator[MakeEnv]:
+def make_env(tmp_path: Path, request: pytest.FixtureRequest, karpenter_bin: Path,
+             testbin: Path) -> Iterator[MakeEnv]:
     """Start a setup with the given :class:`AutoscaleConfig` fields; on failure the logs' tails are printed."""
     envs: list[AutoscaleEnv] = []
     with ExitStack() as stack:
