@@ -44,6 +44,8 @@ class AutoscaleConfig:
     pending_timeout_seconds: int = 300
     #: Karpenter-kwok instance types allowed: family "c" (2 GiB per cpu) with this many cpus.
     instance_cpu: tuple[str, ...] = ("8",)
+    #: ... and of these families (c: 2 GiB per cpu, s: 4 GiB, m: 8 GiB; c is the cheapest).
+    instance_family: tuple[str, ...] = ("c",)
     limit_cpu: str = "40"
     consolidate_after: str = "5s"
     #: NodePool disruption.consolidationPolicy (WhenEmpty, or WhenEmptyOrUnderutilized to let
@@ -135,7 +137,8 @@ class AutoscaleEnv:
         karpenter.install_crds(client, self.karpenter_dir / "crds")
         self.nodeclass = karpenter.nodeclass(registration_delay=cfg.registration_delay)
         self.nodepool = karpenter.nodepool(
-            instance_cpu=cfg.instance_cpu, limit_cpu=cfg.limit_cpu, consolidate_after=cfg.consolidate_after,
+            instance_cpu=cfg.instance_cpu, instance_family=cfg.instance_family, limit_cpu=cfg.limit_cpu,
+            consolidate_after=cfg.consolidate_after,
             consolidation_policy=cfg.consolidation_policy, labels={POOL_LABEL: "build"}, taints=[BUILD_TAINT])
         karpenter.apply(client, self.nodeclass)
         karpenter.apply(client, self.nodepool)
