@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testbin claude-cli faketime images registry node lint venv run devcluster lock
+.PHONY: test testbin karpenter claude-cli faketime images registry node lint venv run devcluster lock
 
 # The venv is (re)installed when pyproject.toml changes.
 $(PY):
@@ -23,6 +23,11 @@ venv: $(STAMP)
 # Control-plane binaries (etcd, kube-apiserver, kcm, scheduler, kwok, helm) into ~/.cache; cheap when cached.
 testbin:
 	bash tools/testbin/build.sh
+
+# Karpenter's kwok provider (a real autoscaler for tests/autoscale) and its CRDs, from Go modules into
+# ~/.cache; cheap when cached (~5 min cold). tools/karpenter/build.sh is the one place that knows where.
+karpenter:
+	bash tools/karpenter/build.sh >/dev/null
 
 # The Claude Code CLI pinned in the Dockerfile, from npm into ~/.cache (tests/runner runs it); cheap when cached.
 claude-cli:
@@ -49,7 +54,7 @@ node: images
 	    /usr/lib/cni/loopback=containernetworking-plugins nsenter=util-linux gcc=gcc
 	bash tools/node/build.sh
 
-test: venv testbin claude-cli faketime images registry node lint
+test: venv testbin karpenter claude-cli faketime images registry node lint
 	$(VENV)/bin/pytest
 
 # Regenerate requirements/{runtime,build}.lock (hash-pinned, what the images install) from pyproject.toml
@@ -63,12 +68,10 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# Opt-in autoscaling tier (not part of `make test`): builds Karpenter's kwok provider into ~/.cache
-# (tools/testbin-optional/build-karpenter.sh, ~5 min cold) and runs tests/autoscale against it.
+# Only the autoscaling tier (tests/autoscale, part of `make test`) against a real Karpenter.
 .PHONY: test-autoscale
-test-autoscale: venv testbin
-	bash tools/testbin-optional/build-karpenter.sh
-	HUSKIES_TEST_AUTOSCALER=1 $(VENV)/bin/pytest tests/autoscale -s $(ARGS)
+test-autoscale: venv testbin karpenter
+	$(VENV)/bin/pytest tests/autoscale -s $(ARGS)
 
 # The local demo: control plane + rendezvous + operator; a sample story goes 2_current -> 3_qa.
 # `make run ARGS=--keep` leaves everything running until Ctrl-C.

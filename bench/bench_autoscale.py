@@ -1,9 +1,9 @@
 """Autoscaling benchmark: the operator with a real autoscaler (Karpenter's kwok provider).
 
-    HUSKIES_TEST_AUTOSCALER=1 .venv/bin/python bench/bench_autoscale.py [--stories 10]
+    .venv/bin/python bench/bench_autoscale.py [--stories 10]
         [--consolidate-after 30s] [--registration-delay 0s] [--run-for 5s] [--keep-logs DIR]
 
-Same setup as the opt-in test (tests/autoscale/env.py): a control plane on loopback whose only
+Same setup as the autoscaling tier's test (tests/autoscale/env.py): a control plane on loopback whose only
 node is a 1-cpu system node, a NodePool of 8-cpu Karpenter-kwok nodes (limit 40 cpu, consolidation
 WhenEmpty), Karpenter-kwok, a rendezvous and one operator; build pods request 2 cpu / 1Gi and run
 ``--run-for``. Karpenter-kwok is built first when missing (~5 min cold).
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import statistics
 import sys
@@ -146,9 +145,6 @@ def main() -> None:
     parser.add_argument("--run-for", default="5s", help="how long each fake build runs")
     parser.add_argument("--keep-logs", default="", help="copy all logs to this directory")
     args = parser.parse_args()
-    if os.environ.get("HUSKIES_TEST_AUTOSCALER") != "1":
-        parser.exit(2, "bench_autoscale: opt-in; set HUSKIES_TEST_AUTOSCALER=1 (it builds Karpenter-kwok, "
-                       "~5 min cold)\n")
     asyncio.run(bench(args))
 
 

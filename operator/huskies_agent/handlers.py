@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from huskies_agent.engine import Engine
+from huskies_agent.engine.scaleup import REASONS as AUTOSCALER_REASONS
 from huskies_agent.k8s import credentials, naming
 from huskies_agent.settings import Settings
 
@@ -57,5 +58,17 @@ def build_registry(settings: Settings, slot: EngineSlot) -> kopf.OperatorRegistr
         engine = slot.engine
         if engine is not None:
             await engine.on_pod_event(str(event.get("type") or ""), dict(body))
+
+    def autoscaler_verdict(body: kopf.Body, **_: Any) -> bool:
+        # Only Events about Pods with a node autoscaler's reasons reach the engine (a cheap filter:
+        # Events carry no labels, so the watch covers every Event of the namespace).
+        involved = body.get("involvedObject") or {}
+        return involved.get("kind") == "Pod" and body.get("reason") in AUTOSCALER_REASONS
+
+    @kopf.on.event("", "v1", "events", when=autoscaler_verdict, registry=registry)
+    async def autoscaler_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        engine = slot.engine
+        if engine is not None:
+            await engine.on_autoscaler_event(str(event.get("type") or ""), dict(body))
 
     return registry

@@ -140,6 +140,12 @@ class Settings:
     image_pull_timeout_seconds: float = 180.0
     #: A pod that stays unschedulable this long releases its claim (capacity-aware).
     pending_timeout_seconds: float = 900.0
+    #: Autoscaler-aware waiting (docs/autoscaling.md): while the pod's Events say a node autoscaler is
+    #: adding a node for it (TriggeredScaleUp, Nominated), an unschedulable pod keeps its claim past
+    #: pending_timeout_seconds up to this bound (never shorter than pending_timeout_seconds). Events that
+    #: say no scale-up is possible (NotTriggerScaleUp, FailedScaleUp, Karpenter's FailedScheduling)
+    #: release the claim at once.
+    pending_scale_up_timeout_seconds: float = 1800.0
     metrics_port: int = 8080
     metrics_host: str = "0.0.0.0"
     ws_max_size: int = 64 * 1024 * 1024
@@ -209,7 +215,8 @@ class Settings:
             "presence_interval_seconds",
             "claim_timeout_seconds", "resync_interval_seconds", "confirm_timeout_seconds",
             "finished_ttl_seconds", "no_pod_timeout_seconds", "image_pull_timeout_seconds",
-            "pending_timeout_seconds", "reconnect_min_seconds", "reconnect_max_seconds",
+            "pending_timeout_seconds", "pending_scale_up_timeout_seconds",
+            "reconnect_min_seconds", "reconnect_max_seconds",
             "agent_auth_pause_seconds",
         )
         for name in positive:

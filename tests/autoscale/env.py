@@ -44,13 +44,27 @@ class AutoscaleConfig:
     pending_timeout_seconds: int = 300
     #: Karpenter-kwok instance types allowed: family "c" (2 GiB per cpu) with this many cpus.
     instance_cpu: tuple[str, ...] = ("8",)
+    #: ... and of these families (c: 2 GiB per cpu, s: 4 GiB, m: 8 GiB; c is the cheapest).
+    instance_family: tuple[str, ...] = ("c",)
     limit_cpu: str = "40"
     consolidate_after: str = "5s"
+    #: NodePool disruption.consolidationPolicy (WhenEmpty, or WhenEmptyOrUnderutilized to let
+    #: Karpenter move running pods to cheaper nodes: what karpenter.sh/do-not-disrupt prevents).
+    consolidation_policy: str = "WhenEmpty"
     #: KWOKNodeClass nodeRegistrationDelay: simulated instance boot time ("" = none).
     registration_delay: str = ""
     system_node_cpu: str = "1"
     karpenter_log_level: str = "info"
     namespace: str = "builds"
+    #: Operator settings left at their defaults when ``None``.
+    pending_scale_up_timeout_seconds: float | None = None
+    resync_interval_seconds: float | None = None
+
+
+def _optional_env(cfg: AutoscaleConfig) -> dict[str, str]:
+    optional = {"HUSKIES_PENDING_SCALE_UP_TIMEOUT_SECONDS": cfg.pending_scale_up_timeout_seconds,
+                "HUSKIES_RESYNC_INTERVAL_SECONDS": cfg.resync_interval_seconds}
+    return {k: str(v) for k, v in optional.items() if v is not None}
 
 
 def _operator_env(cfg: AutoscaleConfig) -> dict[str, str]:
@@ -61,17 +75,21 @@ def _operator_env(cfg: AutoscaleConfig) -> dict[str, str]:
         "HUSKIES_BUILD_POD_ANNOTATIONS": json.dumps({"test.huskies/run-for": cfg.run_for}),
         "HUSKIES_BUILD_NODE_SELECTOR": json.dumps({POOL_LABEL: "build"}),
         "HUSKIES_BUILD_TOLERATIONS": json.dumps([{**BUILD_TAINT, "operator": "Equal"}]),
+        **_optional_env(cfg),
     }
 
 
 class AutoscaleEnv:
     """The whole setup as a context manager; see the module doc. Blocking start-up (~15-30 s)."""
 
-    def __init__(self, run_dir: Path, cfg: AutoscaleConfig | None = None) -> None:
+    def __init__(self, run_dir: Path, cfg: AutoscaleConfig | None = None, *, testbin: Path | None = None,
+                 karpenter_dir: Path | None = None) -> None:
+        """``testbin`` and ``karpenter_dir``: the binaries' directories (``None``: build them if missing)."""
         self.run_dir = run_dir
         self.cfg = cfg or AutoscaleConfig()
         self.log_dir = run_dir / "logs"
-        self.karpenter_dir: Path | None = None
+        self.testbin = testbin
+        self.karpenter_dir: Path | None = karpenter_dir
         self.plane: ControlPlane | None = None
         self.karpenter: KarpenterKwok | None = None
         self.procs: list[Proc] = []
@@ -101,12 +119,14 @@ class AutoscaleEnv:
         cfg = self.cfg
         self.log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        self.karpenter_dir = karpenter.karpenter_dir()  # builds when missing; raises naming the step
+        if self.karpenter_dir is None:
+            self.karpenter_dir = karpenter.karpenter_dir()  # builds when missing; raises naming the step
         self.timings["karpenter build/lookup"] = time.monotonic() - t0
 
         t = time.monotonic()
         system = NodeSpec("system-0", cpu=cfg.system_node_cpu, memory="2Gi", labels={POOL_LABEL: "system"})
-        self.plane = ControlPlane(find_testbin(build=True), self.run_dir / "cluster", tier="cluster", nodes=[system])
+        testbin = self.testbin or find_testbin(build=True)
+        self.plane = ControlPlane(testbin, self.run_dir / "cluster", tier="cluster", nodes=[system])
         self.plane.start()
         self.timings["control plane"] = time.monotonic() - t
 
@@ -117,8 +137,9 @@ class AutoscaleEnv:
         karpenter.install_crds(client, self.karpenter_dir / "crds")
         self.nodeclass = karpenter.nodeclass(registration_delay=cfg.registration_delay)
         self.nodepool = karpenter.nodepool(
-            instance_cpu=cfg.instance_cpu, limit_cpu=cfg.limit_cpu, consolidate_after=cfg.consolidate_after,
-            labels={POOL_LABEL: "build"}, taints=[BUILD_TAINT])
+            instance_cpu=cfg.instance_cpu, instance_family=cfg.instance_family, limit_cpu=cfg.limit_cpu,
+            consolidate_after=cfg.consolidate_after,
+            consolidation_policy=cfg.consolidation_policy, labels={POOL_LABEL: "build"}, taints=[BUILD_TAINT])
         karpenter.apply(client, self.nodeclass)
         karpenter.apply(client, self.nodepool)
         self.timings["CRDs and objects"] = time.monotonic() - t

@@ -1,7 +1,7 @@
 """Karpenter's kwok provider (``sigs.k8s.io/karpenter/kwok``) against the devcluster control plane.
 
-* :func:`karpenter_dir` builds (or finds) the binary and its CRDs with
-  ``tools/testbin-optional/build-karpenter.sh`` (cached outside the repository).
+* :func:`karpenter_dir` finds (or builds) the binary and its CRDs with ``tools/karpenter/build.sh``,
+  the one place that knows the cache directory (``~/.cache/huskies-agent/karpenter/<key>/``).
 * :func:`install_crds`, :func:`nodeclass`, :func:`nodepool` create the objects Karpenter needs.
 * :class:`KarpenterKwok` runs the binary as a child process, out of cluster, with the admin
   kubeconfig and leader election off. Karpenter binds its metrics and health servers to every
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -35,7 +36,7 @@ from huskies_agent_dev.devcluster import ControlPlane
 from huskies_agent_dev.devcluster._http import AdminClient
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = ROOT / "tools" / "testbin-optional" / "build-karpenter.sh"
+BUILD_SCRIPT = ROOT / "tools" / "karpenter" / "build.sh"
 RELAY = Path(__file__).resolve().parent / "netns_relay.py"
 BINARY = "karpenter-kwok"
 
@@ -52,24 +53,37 @@ class KarpenterError(RuntimeError):
     """Karpenter could not be built, installed or started; the message says which step failed."""
 
 
+class KarpenterNotBuilt(KarpenterError):
+    """The binary is not in its cache directory (and building was not asked for)."""
+
+
 # --------------------------------------------------------------------------------------------------
 # binary and CRDs
 
 
-def karpenter_dir() -> Path:
-    """Run build-karpenter.sh (cheap when cached) and return its directory (binary, crds/, VERSION)."""
+def karpenter_dir(*, build: bool = True) -> Path:
+    """The directory with the binary, crds/ and VERSION, from ``tools/karpenter/build.sh``.
+
+    With ``build`` the script builds what is missing (cheap when cached; ~5 min cold) and a failure
+    raises :class:`KarpenterError` naming the step. Without, the script only names the directory, and
+    :class:`KarpenterNotBuilt` is raised when it is incomplete.
+    """
     if not BUILD_SCRIPT.is_file():
         raise KarpenterError(f"{BUILD_SCRIPT} is missing")
     t0 = time.monotonic()
     # stderr (progress, the failing step) goes straight to ours; the last stdout line is the directory.
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
+    argv = ["bash", str(BUILD_SCRIPT)] + ([] if build else ["--dir"])
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
     lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
+    script = BUILD_SCRIPT.relative_to(ROOT)
+    if not build and proc.returncode == 3 and lines:
+        raise KarpenterNotBuilt(f"Karpenter-kwok is not built in {lines[-1]}: run `make karpenter` "
+                                f"(bash {script}, ~5 min cold on 2 cores)")
     if proc.returncode != 0 or not lines:
-        raise KarpenterError(
-            f"{BUILD_SCRIPT.relative_to(ROOT)} failed (exit {proc.returncode}); its stderr above names the step")
+        raise KarpenterError(f"{script} failed (exit {proc.returncode}); its stderr above names the step")
     out = Path(lines[-1])
     if not os.access(out / BINARY, os.X_OK) or not (out / "crds").is_dir():
-        raise KarpenterError(f"{BUILD_SCRIPT.relative_to(ROOT)} printed {out}, which lacks {BINARY} or crds/")
+        raise KarpenterError(f"{script} printed {out}, which lacks {BINARY} or crds/")
     took = time.monotonic() - t0
     if took > 5:
         print(f"karpenter-kwok built in {took:.0f} s -> {out}", file=sys.stderr)
@@ -127,14 +141,16 @@ def nodepool(
     instance_family: tuple[str, ...] = ("c",),
     limit_cpu: str = "40",
     consolidate_after: str = "5s",
+    consolidation_policy: str = "WhenEmpty",
     labels: dict[str, str] | None = None,
     taints: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """A NodePool of Karpenter-kwok's own instance types (``<family>-<cpu>x-<arch>-<os>``, e.g.
     ``c-8x-amd64-linux`` = 8 cpu / 16Gi), on-demand, amd64/linux.
 
-    Empty nodes go after ``consolidate_after`` (policy ``WhenEmpty``; budget 100 %, so all empty
-    nodes can go at once); ``expireAfter: Never``, as docs/autoscaling.md advises for build pools.
+    Empty nodes go after ``consolidate_after`` (policy ``consolidation_policy``, ``WhenEmpty`` by default;
+    budget 100 %, so all empty nodes can go at once); ``expireAfter: Never``, as docs/autoscaling.md
+    advises for build pools.
     """
     requirements = [
         {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
@@ -158,7 +174,7 @@ def nodepool(
             "template": {"metadata": {"labels": dict(labels or {})}, "spec": template_spec},
             "limits": {"cpu": limit_cpu},
             "disruption": {
-                "consolidationPolicy": "WhenEmpty",
+                "consolidationPolicy": consolidation_policy,
                 "consolidateAfter": consolidate_after,
                 "budgets": [{"nodes": "100%"}],
             },
@@ -171,6 +187,17 @@ def apply(client: AdminClient, obj: dict[str, Any]) -> None:
     kind = obj["kind"].lower()
     plural = kind + "es" if kind.endswith("s") else kind + "s"
     client.json("POST", f"/apis/{group_version}/{plural}", obj)
+
+
+def patch_nodepool(client: AdminClient, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch a NodePool (e.g. its requirements)."""
+    return dict(client.json("PATCH", f"/apis/karpenter.sh/v1/nodepools/{name}", patch, ok=(200,),
+                            content_type="application/merge-patch+json"))
+
+
+def events(client: AdminClient, field_selector: str) -> list[dict[str, Any]]:
+    """core/v1 Events in every namespace matching ``field_selector`` (e.g. ``involvedObject.kind=Node``)."""
+    return list(client.json("GET", f"/api/v1/events?fieldSelector={quote(field_selector)}")["items"])
 
 
 def karpenter_nodes(client: AdminClient) -> list[dict[str, Any]]:
@@ -392,6 +419,7 @@ __all__ = [
     "INSTANCE_TYPE_LABEL",
     "KarpenterError",
     "KarpenterKwok",
+    "KarpenterNotBuilt",
     "NODEPOOL_LABEL",
     "apply",
     "condition",
@@ -401,6 +429,8 @@ __all__ = [
     "karpenter_version",
     "nodeclaims",
     "nodeclass",
+    "events",
     "nodepool",
+    "patch_nodepool",
     "unix_get",
 ]

@@ -34,6 +34,9 @@ class PodTimes:
     running: float | None = None
     finished: float | None = None
     phase: str = ""
+    #: deletionTimestamp seen while the pod had not finished (an eviction, a drain, a Job deletion).
+    deleted_running: float | None = None
+    gone: float | None = None
 
 
 @dataclass
@@ -98,6 +101,10 @@ class Observer:
         with self._lock:
             for pod in pods:
                 self._pod(pod, now)
+            listed = {pod["metadata"]["name"] for pod in pods}
+            for prec in self.pods.values():
+                if prec.gone is None and prec.name not in listed:
+                    prec.gone = now
             present = set()
             for node in nodes:
                 present.add(node["metadata"]["name"])
@@ -124,6 +131,8 @@ class Observer:
             rec.running = now
         if rec.finished is None and phase in ("Succeeded", "Failed"):
             rec.finished = now
+        if rec.deleted_running is None and rec.finished is None and meta.get("deletionTimestamp"):
+            rec.deleted_running = now
 
     def _node(self, node: dict[str, Any], now: float) -> None:
         meta = node["metadata"]

@@ -266,7 +266,7 @@ NEEDED = (
     + [(v, "huskies.dev", "storyjobs", "status", "") for v in ("get", "patch")]
     + [(v, "batch", "jobs", "", "") for v in ("get", "list", "watch", "create", "delete")]
     + [(v, "", "pods", "", "") for v in ("get", "list", "watch", "delete", "deletecollection")]
-    + [("create", "", "events", "", "")]
+    + [(v, "", "events", "", "") for v in ("create", "list", "watch")]
     + [("create", "coordination.k8s.io", "leases", "", "")]
     + [(v, "coordination.k8s.io", "leases", "", f"{RELEASE}-leader") for v in ("get", "update")]
     + [("create", "", "configmaps", "", "")]
@@ -283,7 +283,9 @@ FORBIDDEN = (
     + [(v, "huskies.dev", "storyjobs", "", "", OTHER_NS) for v in ("get", "list", "watch", "create", "delete")]
     + [(v, "batch", "jobs", "", "", OTHER_NS) for v in ("list", "create", "delete")]
     + [(v, "", "pods", "", "", OTHER_NS) for v in ("list", "delete", "deletecollection")]
-    + [("create", "", "events", "", "", OTHER_NS), ("create", "coordination.k8s.io", "leases", "", "", OTHER_NS),
+    + [(v, "", "events", "", "", OTHER_NS) for v in ("create", "list", "watch")]
+    + [("list", "", "events", "", "", None), ("get", "", "events", "", "", NS)]
+    + [("create", "coordination.k8s.io", "leases", "", "", OTHER_NS),
        ("create", "", "configmaps", "", "", OTHER_NS)]
     + [(v, "huskies.dev", "storyjobs", "", "", NS) for v in ("update", "deletecollection")]
     + [("update", "huskies.dev", "storyjobs", "status", "", NS), ("patch", "", "events", "", "", NS)]

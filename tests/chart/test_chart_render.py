@@ -203,6 +203,7 @@ FULL_EXPECTED: dict[str, tuple[str, Any]] = {
     "noPodTimeoutSeconds": ("no_pod_timeout_seconds", 240.0),
     "imagePullTimeoutSeconds": ("image_pull_timeout_seconds", 300.0),
     "pendingTimeoutSeconds": ("pending_timeout_seconds", 1200.0),
+    "pendingScaleUpTimeoutSeconds": ("pending_scale_up_timeout_seconds", 2400.0),
     "lease.durationSeconds": ("lease_duration_seconds", 20.0),
     "lease.renewDeadlineSeconds": ("lease_renew_deadline_seconds", 12.0),
     "lease.retryPeriodSeconds": ("lease_retry_period_seconds", 3.0),

@@ -64,6 +64,8 @@ class FakeKube:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pods: dict[str, dict[str, Any]] = {}
         self.events: list[Event] = []
+        #: core/v1 Events posted by others (an autoscaler), as the API serves them.
+        self.core_events: list[dict[str, Any]] = []
         #: Every call as ``(method, name or selector)``, in order.
         self.calls: list[tuple[str, str]] = []
         self._failures: defaultdict[str, list[BaseException]] = defaultdict(list)
@@ -88,6 +90,19 @@ class FakeKube:
         }
         self.pods[name] = pod
         return copy.deepcopy(pod)
+
+    def add_event(self, pod_name: str, reason: str, message: str, *, source: str, at: str = "") -> dict[str, Any]:
+        """A core/v1 Event about pod ``pod_name``, as another component (``source``) posts it."""
+        event: dict[str, Any] = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{pod_name}.{len(self.core_events)}", "namespace": self.namespace},
+            "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": self.namespace},
+            "reason": reason, "message": message, "source": {"component": source}, "type": "Normal",
+        }
+        if at:
+            event["lastTimestamp"] = at
+        self.core_events.append(event)
+        return copy.deepcopy(event)
 
     def set_pod_status(self, pod_name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         self.pods[pod_name]["status"] = copy.deepcopy(dict(status))
@@ -179,6 +194,13 @@ class FakeKube:
     async def list_pods(self, selector: str) -> list[dict[str, Any]]:
         self._call("list_pods", selector)
         return [copy.deepcopy(o) for o in self.pods.values() if _matches(o, selector)]
+
+    async def list_events(self, field_selector: str) -> list[dict[str, Any]]:
+        """Events planted with :meth:`add_event` (``involvedObject.name=<name>`` selectors only)."""
+        self._call("list_events", field_selector)
+        key, _, value = field_selector.partition("=")
+        assert key == "involvedObject.name", field_selector
+        return [copy.deepcopy(e) for e in self.core_events if (e.get("involvedObject") or {}).get("name") == value]
 
     async def post_event(self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False,
                          component: str = "huskies-agent") -> None:

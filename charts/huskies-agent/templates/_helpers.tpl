@@ -179,6 +179,7 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
   "no_pod_timeout_seconds" .Values.noPodTimeoutSeconds
   "image_pull_timeout_seconds" .Values.imagePullTimeoutSeconds
   "pending_timeout_seconds" .Values.pendingTimeoutSeconds
+  "pending_scale_up_timeout_seconds" .Values.pendingScaleUpTimeoutSeconds
   "metrics_port" .Values.metrics.port
   "metrics_host" .Values.metrics.host
   "ws_max_size" .Values.websocket.maxSizeBytes

@@ -12,6 +12,9 @@ Claimed        True once the claim is confirmed and the StoryJob made; False whe
                claim went to someone else (phase Lost).
 PodScheduled   The run's pod was placed on a node (False: Unschedulable, with the
                scheduler's message).
+ScaleUp        What a node autoscaler says about the unschedulable pod (``engine.scaleup``):
+               True while it adds a node for it (reason TriggeredScaleUp or Nominated),
+               False when it cannot (NotTriggerScaleUp, FailedScaleUp, FailedScheduling).
 Succeeded      Unknown while Pending or Running; at the end True (phase Succeeded) or
                False with the final phase as reason (Failed, Released, Lost, Cancelled).
 Recorded       The outcome's pipeline document write is confirmed (False: still waiting
@@ -33,6 +36,7 @@ from huskies_agent.engine.phases import Phase
 class ConditionType(enum.StrEnum):
     CLAIMED = "Claimed"
     POD_SCHEDULED = "PodScheduled"
+    SCALE_UP = "ScaleUp"
     SUCCEEDED = "Succeeded"
     RECORDED = "Recorded"
 

@@ -232,6 +232,10 @@ class Engine:
         if self.active:
             await observe.on_pod_event(self.ctx, event_type, pod)
 
+    async def on_autoscaler_event(self, event_type: str, event: Mapping[str, Any]) -> None:
+        if self.active:
+            await observe.on_autoscaler_event(self.ctx, event_type, event)
+
 
 def export_stories(ctx: Context) -> None:
     """Stories by stage and blocked flag, and those waiting here for room (refreshed on the resync)."""

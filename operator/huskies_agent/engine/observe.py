@@ -1,5 +1,8 @@
 """Job and Pod events in, observations out: what happened to a run, judged from the
-objects Kubernetes reports (watch events, and the resync's listings as a safety net)."""
+objects Kubernetes reports (watch events, and the resync's listings as a safety net).
+
+A node autoscaler's Events about a run's pod (``engine.scaleup``) come in here too: they
+extend or cut short the wait of an unschedulable pod."""
 
 from __future__ import annotations
 
@@ -7,11 +10,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from huskies_agent.engine import conditions, lifecycle
+from huskies_agent.engine import conditions, lifecycle, scaleup
 from huskies_agent.engine.context import Context
-from huskies_agent.engine.outcomes import Disrupted, Finished, JobGone, Stuck, decide
+from huskies_agent.engine.outcomes import Disrupted, Finished, JobGone, NoScaleUp, Stuck, decide
 from huskies_agent.engine.phases import StuckKind
 from huskies_agent.engine.runs import Run
+from huskies_agent.engine.scaleup import Verdict, Wait, Why
 from huskies_agent.k8s import objects
 
 log = logging.getLogger("huskies_agent.engine")
@@ -62,9 +66,31 @@ def stuck_limit(ctx: Context, kind: StuckKind) -> float:
             StuckKind.UNSCHEDULABLE: s.pending_timeout_seconds, StuckKind.NO_POD: s.no_pod_timeout_seconds}[kind]
 
 
-def overdue(ctx: Context, run: Run, now: float) -> Stuck | None:
-    """The stuck observation of a run whose pod has not started for too long."""
+def scale_limits(ctx: Context) -> scaleup.Limits:
+    s = ctx.settings
+    return scaleup.Limits(s.pending_timeout_seconds, s.pending_scale_up_timeout_seconds)
+
+
+def pending_decision(ctx: Context, run: Run, now: float) -> tuple[scaleup.Decision, float]:
+    """Keep, extend or release, for the run's pod, and how long it has been unschedulable."""
+    since = run.stuck_since.get(StuckKind.UNSCHEDULABLE)
+    waited = None if since is None else now - since
+    signals = [run.scale_signal] if run.scale_signal is not None else []
+    return scaleup.decide(waited, signals, scale_limits(ctx)), waited or 0.0
+
+
+def overdue(ctx: Context, run: Run, now: float) -> Stuck | NoScaleUp | None:
+    """The observation of a run whose pod has not started for too long (or cannot get a node)."""
     for kind, since in run.stuck_since.items():
+        if kind is StuckKind.UNSCHEDULABLE:
+            decision, waited = pending_decision(ctx, run, now)
+            if decision.wait is not Wait.RELEASE:
+                continue
+            if decision.why is Why.NO_SCALE_UP:
+                return NoScaleUp(decision.describe(waited, scale_limits(ctx)))
+            if decision.why is Why.SCALE_UP_TIMEOUT:
+                return Stuck(kind, f"{run.stuck_detail}; {decision.describe(waited, scale_limits(ctx))}")
+            return Stuck(kind, run.stuck_detail)
         if now - since > stuck_limit(ctx, kind):
             return Stuck(kind, run.stuck_detail)
     return None
@@ -101,6 +127,7 @@ async def on_pod_event(ctx: Context, event_type: str, pod: Mapping[str, Any]) ->
     if run is None:
         return
     run.pod_seen = True
+    run.pod_name = str((pod.get("metadata") or {}).get("name") or run.pod_name)
     run.stuck_since.pop(StuckKind.NO_POD, None)
     why = objects.pod_was_disrupted(pod)
     if why:
@@ -123,6 +150,94 @@ async def on_pod_event(ctx: Context, event_type: str, pod: Mapping[str, Any]) ->
     kind, detail = found
     run.stuck_since.setdefault(kind, ctx.mono())
     run.stuck_detail = detail
+    if kind is StuckKind.UNSCHEDULABLE and run.scale_signal is not None:
+        await judge_pending(ctx, run)  # the autoscaler's verdict came before the scheduler's
+
+
+# ---------------------------------------------------------------------- autoscaler Events
+
+def _run_of_pod(ctx: Context, pod_name: str) -> Run | None:
+    for run in ctx.table.runs.values():
+        if run.ending:
+            continue
+        # A Job's pod is named <job>-<suffix>; the name seen on the pod itself is the surest.
+        if run.pod_name == pod_name or (not run.pod_name and pod_name.rsplit("-", 1)[0] == run.spec.name):
+            return run
+    return None
+
+
+async def on_autoscaler_event(ctx: Context, event_type: str, event: Mapping[str, Any]) -> None:
+    """A core/v1 Event in the namespace: a node autoscaler's verdict on one of this node's pods."""
+    if event_type == "DELETED":
+        return
+    read = scaleup.read_event(event)
+    if read is None:
+        return
+    pod_name, signal = read
+    run = _run_of_pod(ctx, pod_name)
+    # A verdict about a pod that already runs is history (e.g. listed again after a restart).
+    if run is None or run.running_seen or not await note_signal(ctx, run, signal):
+        return
+    await judge_pending(ctx, run)
+
+
+async def note_signal(ctx: Context, run: Run, signal: scaleup.Signal) -> bool:
+    """Keep the newest verdict; a change of verdict is written as the ScaleUp condition (and an Event
+    when a node is coming). False when ``signal`` is older than the one held."""
+    old = run.scale_signal
+    if old is not None and signal.at < old.at:
+        return False
+    run.scale_signal = signal
+    if old is not None and old.verdict is signal.verdict:
+        return True
+    scaling = signal.verdict is Verdict.SCALING
+    await lifecycle.note_condition(ctx, run, conditions.Condition(
+        conditions.ConditionType.SCALE_UP, conditions.Status.TRUE if scaling else conditions.Status.FALSE,
+        signal.reason, signal.describe()))
+    if scaling and run.storyjob is not None:
+        log.info("story %s: pod %s waits for a node: %s", run.spec.story_id, run.pod_name, signal.describe())
+        async with ctx.followup_slots:
+            await ctx.kube.post_event(run.storyjob, reason="ScaleUp",
+                                      message=f"the node autoscaler is adding a node for pod {run.pod_name}: "
+                                              f"{signal.describe()}")
+    return True
+
+
+async def refresh_signals(ctx: Context, run: Run) -> None:
+    """The resync's safety net for missed watch events (or a failover): read the pod's Events."""
+    try:
+        events = await ctx.kube.list_events(f"involvedObject.name={run.pod_name}")
+    except Exception as exc:
+        log.warning("could not list the events of pod %s: %s", run.pod_name, exc)
+        return
+    reads = (scaleup.read_event(e) for e in events)
+    newest = scaleup.latest(read[1] for read in reads if read is not None and read[0] == run.pod_name)
+    if newest is not None:
+        await note_signal(ctx, run, newest)
+
+
+async def judge_pending(ctx: Context, run: Run) -> None:
+    """Release the claim at once when the autoscaler says no node can come for the unschedulable pod."""
+    if not ctx.table.is_current(run):
+        return
+    decision, waited = pending_decision(ctx, run, ctx.mono())
+    if decision.wait is Wait.RELEASE and decision.why is Why.NO_SCALE_UP:
+        ctx.metrics.claims.labels("released").inc()
+        await lifecycle.end_run(ctx, run, decide(NoScaleUp(decision.describe(waited, scale_limits(ctx))),
+                                                 timeouts=lifecycle.timeouts(ctx)))
+
+
+async def announce_extension(ctx: Context, run: Run, now: float) -> None:
+    """Say once (Event, log) that an unschedulable pod waits past the pending timeout for a node."""
+    decision, waited = pending_decision(ctx, run, now)
+    if decision.wait is not Wait.EXTEND or run.scale_extended:
+        return
+    run.scale_extended = True
+    words = decision.describe(waited, scale_limits(ctx))
+    log.info("story %s (job %s): %s", run.spec.story_id, run.spec.name, words)
+    if run.storyjob is not None:
+        async with ctx.followup_slots:
+            await ctx.kube.post_event(run.storyjob, reason="WaitingForScaleUp", message=words)
 
 
 async def finish(ctx: Context, run: Run, job: Mapping[str, Any]) -> None:
@@ -167,10 +282,19 @@ async def check_stuck(ctx: Context) -> None:
             continue
         if not run.pod_seen and StuckKind.NO_POD not in run.stuck_since:
             run.stuck_since[StuckKind.NO_POD] = run.started
+        since = run.stuck_since.get(StuckKind.UNSCHEDULABLE)
+        if (since is not None and run.scale_signal is None and run.pod_name
+                and now - since > ctx.settings.pending_timeout_seconds):
+            await refresh_signals(ctx, run)  # before giving up: did the autoscaler say something?
+            if not ctx.table.is_current(run):
+                continue
         late = overdue(ctx, run, now)
         if late is None:
+            await announce_extension(ctx, run, now)
             continue
-        if late.kind is StuckKind.NO_POD:
+        if isinstance(late, NoScaleUp):
+            ctx.metrics.claims.labels("released").inc()
+        elif late.kind is StuckKind.NO_POD:
             pods = await ctx.kube.list_pods(f"job-name={run.spec.name}")
             if pods:
                 for pod in pods:

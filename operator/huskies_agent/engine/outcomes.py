@@ -57,6 +57,14 @@ class Stuck:
 
 
 @dataclass(frozen=True, slots=True)
+class NoScaleUp:
+    """The pod is unschedulable and the node autoscaler says it cannot add a node for it
+    (``engine.scaleup``): another cluster may have room, so the story goes back at once."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimLost:
     """The document says the run may not go on (``claims.check_ownership``)."""
 
@@ -88,7 +96,7 @@ class StartFailed:
     client_error: bool = False
 
 
-Observation = Finished | Stuck | ClaimLost | JobGone | Disrupted | StartFailed
+Observation = Finished | Stuck | NoScaleUp | ClaimLost | JobGone | Disrupted | StartFailed
 
 
 # ---------------------------------------------------------------------- outcome
@@ -133,6 +141,11 @@ def decide(obs: Observation, *, timeouts: Timeouts = Timeouts()) -> Outcome:
                 else f"cannot start ({detail})"
             return Outcome(Phase.FAILED, f"{what}; claim released", DocAction.RELEASE, "Failed",
                            cooldown=timeouts.stuck_cooldown, delete_job=True)
+        case NoScaleUp(detail=detail):
+            # Released, not Failed: nothing is wrong with the story or the install; this cluster
+            # cannot grow to fit it. Not claimed here again for the pending timeout.
+            return Outcome(Phase.RELEASED, f"no scale-up possible: {detail}; claim released for another cluster",
+                           DocAction.RELEASE, "NoScaleUp", cooldown=timeouts.stuck_cooldown, delete_job=True)
         case ClaimLost(reason=reason, story_over=over, still_ours=ours):
             phase = Phase.CANCELLED if over else Phase.LOST
             return Outcome(phase, reason, DocAction.RELEASE if ours else DocAction.NONE,

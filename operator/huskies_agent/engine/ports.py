@@ -44,6 +44,10 @@ class KubeApi(Protocol):
 
     async def list_pods(self, selector: str) -> list[dict[str, Any]]: ...
 
+    async def list_events(self, field_selector: str) -> list[dict[str, Any]]:
+        """core/v1 Events of the namespace matching a field selector (``involvedObject.name=...``)."""
+        ...
+
     async def post_event(
         self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False,
         component: str = ...,

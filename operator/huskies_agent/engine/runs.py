@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from huskies_agent.engine.phases import Phase, StuckKind
+from huskies_agent.engine.scaleup import Signal
 from huskies_agent.k8s import objects
 
 
@@ -25,6 +26,12 @@ class Run:
     #: Monotonic time each kind of "cannot start" was first seen, while it lasts.
     stuck_since: dict[StuckKind, float] = field(default_factory=dict)
     stuck_detail: str = ""
+    #: The name of the run's pod, once seen (autoscaler Events name the pod, not the Job).
+    pod_name: str = ""
+    #: The newest node-autoscaler verdict on the pod (``engine.scaleup``), and whether the wait past
+    #: the pending timeout was announced.
+    scale_signal: Signal | None = None
+    scale_extended: bool = False
     #: Set once an ending is decided, so a run ends along one path only.
     ending: bool = False
     #: Status writes of one run are serialised and never go back: a late "Pending"

@@ -272,6 +272,12 @@ class Kube:
         data = await self.request("GET", self._pods, params={"labelSelector": selector} if selector else None)
         return list(data.get("items") or [])
 
+    async def list_events(self, field_selector: str) -> list[dict[str, Any]]:
+        """Events of the namespace matching ``field_selector`` (e.g. ``involvedObject.name=<pod>``)."""
+        data = await self.request("GET", self._events,
+                                  params={"fieldSelector": field_selector} if field_selector else None)
+        return list(data.get("items") or [])
+
     # ------------------------------------------------------------------ Leases
     async def get_lease(self, name: str) -> dict[str, Any] | None:
         try:
