@@ -66,6 +66,19 @@ class BuildPodSettings:
     agent_timeout_seconds: int = 2 * 3600
     #: Mark running pods so cluster-autoscaler/Karpenter do not evict them for consolidation.
     protect_from_consolidation: bool = True
+    # Warm capacity (docs/autoscaling.md, "Warm capacity"): placeholder pods shaped like a build pod
+    # at a negative priority keep nodes up; a build pod preempts one and starts at once.
+    #: Build slots kept warm (0: none); never more than max_concurrent minus the runs in flight.
+    warm_slots: int = 0
+    #: PriorityClass of the placeholders; its value must be below the build pods' priority.
+    warm_priority_class_name: str = ""
+    #: Image of the placeholders (empty: the runner image, which the nodes pull for builds anyway).
+    warm_image: str = ""
+    #: What a placeholder runs: it must run until killed and need no writable root filesystem.
+    warm_command: tuple[str, ...] = ("sleep", "infinity")
+    #: Whether this cluster can add nodes for build pods (an autoscaler is set up); said in presence,
+    #: and without it a placeholder that cannot be scheduled means no room beyond the warm slots.
+    can_scale: bool = True
 
 
 @dataclass(frozen=True)
@@ -218,6 +231,20 @@ class Settings:
             raise SettingsError(f"build.image_pull_policy: invalid {self.build.image_pull_policy!r}")
         if not self.build.image:
             raise SettingsError("build.image: must be set")
+        self._validate_warm()
+
+    def _validate_warm(self) -> None:
+        warm = self.build
+        if warm.warm_slots < 0:
+            raise SettingsError(f"build.warm_slots: must be 0 or more, got {warm.warm_slots}")
+        if warm.warm_slots and not warm.warm_priority_class_name:
+            raise SettingsError("build.warm_priority_class_name: must name a PriorityClass with a value below the "
+                                "build pods' priority when build.warm_slots is set (the chart creates one)")
+        if warm.warm_slots and warm.warm_priority_class_name == warm.priority_class_name:
+            raise SettingsError("build.warm_priority_class_name: must differ from build.priority_class_name, "
+                                "or build pods could never preempt a placeholder")
+        if warm.warm_slots and not (warm.warm_command and all(isinstance(a, str) and a for a in warm.warm_command)):
+            raise SettingsError(f"build.warm_command: expected a non-empty list of strings, got {warm.warm_command!r}")
 
     def require_rendezvous(self) -> None:
         if not self.rendezvous_url:

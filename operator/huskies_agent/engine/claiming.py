@@ -70,9 +70,11 @@ def _claim_candidates(ctx: Context, candidates: list[Story]) -> None:
         ctx.claimable_since.setdefault(story.story_id, now)
     choice = claims.choose_claims(
         candidates, me=ctx.me, stories=ctx.doc.stories, is_dead=ctx.is_dead,
-        capacities={node: p.capacity or 0 for node, p in ctx.doc.nodes.items()},
-        busy=table.busy, max_concurrent=table.busy + node.budget_room(ctx), cooling=table.cooling(now),
+        capacities={node: claims.slot_weight(p.capacity, p.extra.get("warm")) for node, p in ctx.doc.nodes.items()},
+        busy=table.busy, max_concurrent=table.busy + min(node.budget_room(ctx), node.pool_room(ctx)),
+        cooling=table.cooling(now),
         waited=lambda sid: now - ctx.claimable_since.get(sid, now), spread_delay=ctx.settings.spread_delay_seconds,
+        my_warm=ctx.warm.ready,
     )
     chosen = choice.now
     ids = {s.story_id for s in chosen}

@@ -272,6 +272,19 @@ class Kube:
         data = await self.request("GET", self._pods, params={"labelSelector": selector} if selector else None)
         return list(data.get("items") or [])
 
+    async def create_pod(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a pod (only warm-slot placeholders: build pods come from their Jobs)."""
+        result: dict[str, Any] = await self.request("POST", self._pods, body)
+        return result
+
+    async def delete_pod(self, name: str) -> bool:
+        """Delete one pod now (grace period 0); False when it was already gone."""
+        try:
+            await self.request("DELETE", f"{self._pods}/{name}", {"gracePeriodSeconds": 0})
+        except NotFound:
+            return False
+        return True
+
     # ------------------------------------------------------------------ Leases
     async def get_lease(self, name: str) -> dict[str, Any] | None:
         try:
