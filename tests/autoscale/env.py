@@ -51,6 +51,9 @@ class AutoscaleConfig:
     system_node_cpu: str = "1"
     karpenter_log_level: str = "info"
     namespace: str = "builds"
+    #: More operator env (e.g. warm slots), and cluster objects made before the operator starts.
+    operator_env: dict[str, str] = field(default_factory=dict)
+    extra_objects: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 def _operator_env(cfg: AutoscaleConfig) -> dict[str, str]:
@@ -61,6 +64,7 @@ def _operator_env(cfg: AutoscaleConfig) -> dict[str, str]:
         "HUSKIES_BUILD_POD_ANNOTATIONS": json.dumps({"test.huskies/run-for": cfg.run_for}),
         "HUSKIES_BUILD_NODE_SELECTOR": json.dumps({POOL_LABEL: "build"}),
         "HUSKIES_BUILD_TOLERATIONS": json.dumps([{**BUILD_TAINT, "operator": "Equal"}]),
+        **cfg.operator_env,
     }
 
 
@@ -129,6 +133,8 @@ class AutoscaleEnv:
         self.timings["karpenter ready"] = self.karpenter.ready_seconds
 
         self.plane.create_namespace(cfg.namespace)
+        for collection, obj in cfg.extra_objects:
+            client.create_if_missing(collection, obj)
         rv, self.url = start_rendezvous(self.log_dir)
         self.procs.append(rv)
         self.operator, self.operator_metrics_port = start_operator(
