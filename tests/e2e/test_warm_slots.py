@@ -188,8 +188,12 @@ async def test_max_concurrent_zero_removes_a_placeholder_a_killed_operator_left(
 
 def test_placeholder_from_settings_is_accepted_by_the_api_server(cluster: ControlPlane, namespace_factory: Any,
                                                                  warm: WarmSetup) -> None:
-    """The real API server (admission, defaulting, the Priority plugin) takes the placeholder as built."""
+    """The real API server takes the placeholder as built: the Priority plugin resolves its class, and
+    Pod Security admission at "restricted" (what the chart's install namespace enforces) admits it."""
     ns = namespace_factory()
+    cluster.client.json("PATCH", f"/api/v1/namespaces/{ns}",
+                        {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+                        content_type="application/merge-patch+json")
     settings = Settings(namespace=ns, build=BuildPodSettings(
         requests=REQUESTS, warm_slots=1, warm_priority_class_name=warm.priority_class,
         node_selector=warm.pool_label, tolerations=({**warm.taint, "operator": "Equal"},)))
