@@ -43,11 +43,11 @@ def budget_room(ctx: Context) -> int:
     return room
 
 
-def pool_room(ctx: Context) -> int:
-    """Free slots that can start: on a cluster that cannot add nodes, where a warm placeholder
-    found no node, only the warm ones (``pool.advertise``); else every free slot."""
-    return pool.advertise(free=ctx.free, pool=ctx.warm, busy=ctx.table.busy, can_scale=ctx.settings.build.can_scale,
-                          held=False).capacity
+def room(ctx: Context, *, held: bool = False) -> pool.Advert:
+    """Free slots that can start, and how many of them at once (``pool.advertise``): on a cluster
+    that cannot add nodes, where a warm placeholder found no node, only the warm ones."""
+    return pool.advertise(free=ctx.free, pool=ctx.warm, busy=ctx.table.busy,
+                          can_scale=ctx.settings.build.can_scale, held=held)
 
 
 def claim_pause(ctx: Context) -> tuple[Pause, float | None] | None:
@@ -140,8 +140,7 @@ def write_presence(ctx: Context) -> None:
     node = ctx.node
     held = node.paused(ctx.mono())
     pause = held[0] if held is not None else (Pause.DAILY_BUDGET if node.budget_reached else None)
-    advert = pool.advertise(free=ctx.free, pool=ctx.warm, busy=ctx.table.busy, can_scale=ctx.settings.build.can_scale,
-                            held=pause is not None)
+    advert = room(ctx, held=pause is not None)
     extra: dict[str, Any] = {"cluster": ctx.settings.cluster_name, "running": len(ctx.table.runs),
                              "warm": advert.warm, "can_scale": ctx.settings.build.can_scale}
     if pause is not None:

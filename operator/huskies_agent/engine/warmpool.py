@@ -85,6 +85,7 @@ class WarmPool:
         if tally != ctx.warm:
             ctx.warm = tally
             node.write_presence(ctx)  # other nodes rank by warm slots: tell them now
+            ctx.capacity_changed()  # and this node may have room it did not see (node.room)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Delete every placeholder of this node (the engine is stopping)."""

@@ -149,6 +149,19 @@ async def test_a_cluster_that_cannot_grow_advertises_and_claims_only_what_fits(m
     # Three stories, but only the warm slot's worth is claimed: the rest would not fit anywhere.
     await add(h, "1_a", "2_b", "3_c")
     assert len(h.engine.runs) == 1
+    # The scheduler preempts the warm placeholder for that story's pod; the refill finds no node.
+    del h.kube.pods[first]
+    await pool(h).reconcile()
+    (refill,) = set(placeholders(h)) - {second}
+    unschedulable(h, refill)
+    await pool(h).reconcile()
+    await h.settle()
+    assert presence(h) == (0, 0, False) and len(h.engine.runs) == 1
+    # A node frees up (say another workload ended): the waiting placeholder lands, and a story follows.
+    bind(h, second, "n2")
+    await pool(h).reconcile()
+    await h.settle()
+    assert len(h.engine.runs) == 2
 
 
 async def test_a_cluster_that_can_grow_still_claims_its_free_slots(make_engine: Any) -> None:
