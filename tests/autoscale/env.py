@@ -41,6 +41,9 @@ class AutoscaleConfig:
     #: How long each fake build runs (kwok ends the pod Succeeded after this).
     run_for: str = "5s"
     max_concurrent: int = 20
+    #: More operator env (e.g. warm slots), and cluster objects made before the operator starts.
+    operator_env: dict[str, str] = field(default_factory=dict)
+    extra_objects: tuple[tuple[str, dict[str, Any]], ...] = ()
     pending_timeout_seconds: int = 300
     #: Karpenter-kwok instance types allowed: family "c" (2 GiB per cpu) with this many cpus.
     instance_cpu: tuple[str, ...] = ("8",)
@@ -51,9 +54,6 @@ class AutoscaleConfig:
     system_node_cpu: str = "1"
     karpenter_log_level: str = "info"
     namespace: str = "builds"
-    #: More operator env (e.g. warm slots), and cluster objects made before the operator starts.
-    operator_env: dict[str, str] = field(default_factory=dict)
-    extra_objects: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 def _operator_env(cfg: AutoscaleConfig) -> dict[str, str]:
@@ -64,7 +64,6 @@ def _operator_env(cfg: AutoscaleConfig) -> dict[str, str]:
         "HUSKIES_BUILD_POD_ANNOTATIONS": json.dumps({"test.huskies/run-for": cfg.run_for}),
         "HUSKIES_BUILD_NODE_SELECTOR": json.dumps({POOL_LABEL: "build"}),
         "HUSKIES_BUILD_TOLERATIONS": json.dumps([{**BUILD_TAINT, "operator": "Equal"}]),
-        **cfg.operator_env,
     }
 
 
@@ -139,7 +138,7 @@ class AutoscaleEnv:
         self.procs.append(rv)
         self.operator, self.operator_metrics_port = start_operator(
             "autoscale", kubeconfig=str(self.plane.kubeconfig_path), namespace=cfg.namespace,
-            rendezvous=self.url, log_dir=self.log_dir, env=_operator_env(cfg))
+            rendezvous=self.url, log_dir=self.log_dir, env={**_operator_env(cfg), **cfg.operator_env})
         self.procs.append(self.operator)
         self.timings["total start-up"] = time.monotonic() - t0
 

@@ -176,10 +176,6 @@ class FakeKube:
         self._delete_job_now(name)
         return existed
 
-    async def list_pods(self, selector: str) -> list[dict[str, Any]]:
-        self._call("list_pods", selector)
-        return [copy.deepcopy(o) for o in self.pods.values() if _matches(o, selector)]
-
     async def create_pod(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """A pod created directly (warm-slot placeholders); ``generateName`` gets a suffix."""
         meta = dict(body["metadata"])
@@ -193,6 +189,10 @@ class FakeKube:
     async def delete_pod(self, name: str) -> bool:
         self._call("delete_pod", name)
         return self.pods.pop(name, None) is not None
+
+    async def list_pods(self, selector: str) -> list[dict[str, Any]]:
+        self._call("list_pods", selector)
+        return [copy.deepcopy(o) for o in self.pods.values() if _matches(o, selector)]
 
     async def post_event(self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False,
                          component: str = "huskies-agent") -> None:

@@ -268,10 +268,6 @@ class Kube:
             log.warning("could not delete pods of job %s: %s", name, exc.message)
         return not gone
 
-    async def list_pods(self, selector: str) -> list[dict[str, Any]]:
-        data = await self.request("GET", self._pods, params={"labelSelector": selector} if selector else None)
-        return list(data.get("items") or [])
-
     async def create_pod(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create a pod (only warm-slot placeholders: build pods come from their Jobs)."""
         result: dict[str, Any] = await self.request("POST", self._pods, body)
@@ -284,6 +280,10 @@ class Kube:
         except NotFound:
             return False
         return True
+
+    async def list_pods(self, selector: str) -> list[dict[str, Any]]:
+        data = await self.request("GET", self._pods, params={"labelSelector": selector} if selector else None)
+        return list(data.get("items") or [])
 
     # ------------------------------------------------------------------ Leases
     async def get_lease(self, name: str) -> dict[str, Any] | None:
