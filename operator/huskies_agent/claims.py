@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.model import Story, story_id_problem
+from huskies_agent.pipeline.values import MalformedEntry, as_int
 
 
 class Verdict(enum.Enum):
@@ -152,12 +153,15 @@ def slot_weight(capacity: int | None, warm: object = 0) -> int:
     """A node's weight in :func:`rank` from what its presence says: free slots, and a warm slot
     (one that starts at once, docs/autoscaling.md) counts twice.
 
-    Total over what any peer wrote: a missing, negative or non-integer ``warm`` counts 0 (a peer
-    that does not publish it weighs by its free slots, as before), and no more warm slots count
-    than free ones.
+    Total over what any peer wrote: ``warm`` is read as ``capacity`` is (a whole number; the CRDT
+    gives numbers back as floats), and a missing, negative or malformed one counts 0 (a peer that
+    does not publish it weighs by its free slots, as before); no more warm slots count than free ones.
     """
     free = capacity if isinstance(capacity, int) and not isinstance(capacity, bool) and capacity > 0 else 0
-    ready = warm if isinstance(warm, int) and not isinstance(warm, bool) and warm > 0 else 0
+    try:
+        ready = max(0, as_int(warm))
+    except MalformedEntry:
+        ready = 0
     return free + min(ready, free)
 
 

@@ -13,6 +13,8 @@ from huskies_agent.engine import pool
 from huskies_agent.engine.pool import Advert, Plan, Slot, Tally
 from huskies_agent.k8s import objects, warmpod
 from huskies_agent.k8s.warmpod import SlotState
+from huskies_agent.pipeline.document import PipelineDoc
+from huskies_agent.pipeline.model import NodePresence
 from huskies_agent.settings import BuildPodSettings, Settings, SettingsError
 
 R, W, U, G = SlotState.READY, SlotState.WAITING, SlotState.UNSCHEDULABLE, SlotState.GOING
@@ -81,10 +83,23 @@ def test_advertise(free: int, tally: Tally, busy: int, can_scale: bool, held: bo
 @pytest.mark.parametrize(("capacity", "warm", "weight"), [
     (4, 0, 4), (4, 2, 6), (2, 5, 4), (0, 3, 0), (None, 2, 0), (-2, 2, 0),
     # what an old peer (no "warm") or a hostile one wrote weighs by free slots only
-    (3, None, 3), (3, "2", 3), (3, True, 3), (3, -1, 3), (3, 2.5, 3), (3, [1], 3), (3, 10**30, 6),
+    (3, None, 3), (3, True, 3), (3, -1, 3), (3, 2.5, 3), (3, [1], 3), (3, 10**30, 3), (3, float("nan"), 3),
+    (3, {"n": 2}, 3), (3, "two", 3),
+    # numbers come back from the CRDT as floats; a digit string is read as capacity would be
+    (3, 2.0, 5), (3, "2", 5),
 ])
 def test_slot_weight_is_total(capacity: Any, warm: Any, weight: int) -> None:
     assert claims.slot_weight(capacity, warm) == weight
+
+
+def test_warm_slots_reach_a_peer_through_the_document() -> None:
+    """What write_presence publishes is what another replica weighs with (a float after the CRDT)."""
+    writer, reader = PipelineDoc(), PipelineDoc()
+    writer.put_presence(NodePresence(node_id="a", last_seen=1.0, capacity=3, extra={"warm": 2, "can_scale": False}))
+    reader.apply_remote(writer.encode_update())
+    seen = reader.nodes["a"]
+    assert claims.slot_weight(seen.capacity, seen.extra.get("warm")) == 5
+    assert seen.extra.get("can_scale") is False
 
 
 def test_warm_slots_win_a_larger_share_of_first_choices() -> None:
