@@ -15,8 +15,9 @@ Two runs, each in a fresh setup:
     4_merge -> its pod Running (a NodePool node is created for it);
   * warm (``build.warm_slots`` N, the chart's PriorityClass: value -1, preemptionPolicy Never):
     the pool's placeholders bring N nodes up; then ``--reps`` times one story -> pod Running
-    (preempting a placeholder), waiting each time until the pool has refilled; then a burst of N
-    stories at once, and of N + 2 (the two beyond the warm slots wait for a scale-up).
+    (preempting a placeholder), waiting each time until the pool has refilled and Karpenter has
+    removed every other build node; then a burst of N stories at once, and of N + 2 (the two beyond
+    the warm slots wait for a scale-up).
 Times run from the benchmark's write of the story to the first 0.2 s poll that shows the pod
 Running. ``--registration-delay`` models instance boot (KWOKNodeClass nodeRegistrationDelay).
 """
@@ -74,11 +75,18 @@ def config(args: argparse.Namespace, warm_slots: int) -> AutoscaleConfig:
         operator_env=env, extra_objects=objects)
 
 
-def placeholders(env: AutoscaleEnv, *, bound: bool) -> int:
+def placeholder_nodes(env: AutoscaleEnv) -> list[str]:
+    """Nodes of the live placeholders that have one."""
     items = env.cp.client.json(
         "GET", f"/api/v1/namespaces/{env.namespace}/pods?labelSelector=app.kubernetes.io/component%3Dwarm-slot")
-    return sum(1 for p in items["items"] if not p["metadata"].get("deletionTimestamp")
-               and bool(p["spec"].get("nodeName")) == bound)
+    return [p["spec"]["nodeName"] for p in items["items"]
+            if not p["metadata"].get("deletionTimestamp") and p["spec"].get("nodeName")]
+
+
+async def pool_at_rest(env: AutoscaleEnv, n: int) -> None:
+    """Every placeholder on a node, and no other build node left (so a story must preempt)."""
+    await wait(lambda: len(placeholder_nodes(env)) == n and len(env.karpenter_nodes()) == n, 300,
+               f"{n} placeholders on {n} nodes and no other build node", env)
 
 
 class Story:
@@ -87,6 +95,8 @@ class Story:
     def __init__(self, env: AutoscaleEnv, client: RendezvousClient, doc: PipelineDoc, obs: Observer) -> None:
         self.env, self.client, self.doc, self.obs = env, client, doc, obs
         self.n = 0
+        self.nodes: list[str] = []
+        self.t0 = 0.0
 
     async def run(self, count: int) -> list[float]:
         ids = [f"{3000 + self.n + i}_story" for i in range(count)]
@@ -100,6 +110,8 @@ class Story:
             return sorted(p.running - t0 for p in self.obs.pod_list() if p.story_id in ids and p.running)
 
         await wait(lambda: len(running()) == count, 300, f"{count} pods Running", self.env)
+        self.nodes = [p.node for p in self.obs.pod_list() if p.story_id in ids]
+        self.t0 = t0
         await wait(lambda: all((s := self.doc.story(i)) is not None and s.stage == "5_done" for i in ids), 300,
                    "the stories done", self.env)
         return running()
@@ -130,29 +142,34 @@ async def warm(args: argparse.Namespace, env: AutoscaleEnv) -> None:
     async with RendezvousClient(doc, env.url) as client:
         await client.wait_synced(timeout=30)
         t0 = time.monotonic()
-        await wait(lambda: placeholders(env, bound=True) == n, 300, f"{n} placeholders on nodes", env)
+        await pool_at_rest(env, n)
         print(f"warm pool ready ({n} placeholders on {len(env.karpenter_nodes())} NodePool nodes) "
               f"{time.monotonic() - t0:.2f} s after the operator connected")
-        mine = next((p for p in doc.nodes.values() if p.extra.get("warm") is not None), None)
-        if mine is not None:
-            print(f"  presence: capacity {mine.capacity}, warm {mine.extra.get('warm')}, "
-                  f"can_scale {mine.extra.get('can_scale')}")
+        await wait(lambda: any(p.extra.get("warm") == n for p in doc.nodes.values()), 60, "presence: warm", env)
+        mine = next(p for p in doc.nodes.values() if p.extra.get("warm") == n)
+        print(f"  presence (as a peer reads it): capacity {mine.capacity}, warm {mine.extra.get('warm')}, "
+              f"can_scale {mine.extra.get('can_scale')}")
         with Observer(env.cp, env.namespace) as obs:
             story = Story(env, client, doc, obs)
             times: list[float] = []
             refill: list[float] = []
+            preempted = 0
             for _ in range(args.reps):
+                await pool_at_rest(env, n)
+                held = set(placeholder_nodes(env))
                 times += await story.run(1)
-                t = time.monotonic()
-                await wait(lambda: placeholders(env, bound=True) == n, 300, "the pool refilled", env)
-                refill.append(time.monotonic() - t)
-            print(f"warm (build.warm_slots {n}): story -> pod Running {fmt(times)}")
-            print(f"  pool refilled (a new node for the new placeholder) within {fmt(refill)} after the story was done")
+                preempted += sum(node in held for node in story.nodes)
+                await wait(lambda: len(placeholder_nodes(env)) == n, 300, "the pool refilled", env)
+                refill.append(time.monotonic() - story.t0)
+            print(f"warm (build.warm_slots {n}): story -> pod Running {fmt(times)}; "
+                  f"{preempted} of {args.reps} on a node a placeholder held")
+            print(f"  pool refilled (placeholder on a new node) {fmt(refill)} after the story's write")
+            await pool_at_rest(env, n)
             burst = await story.run(n)
             print(f"warm burst of {n} stories: pod Running {fmt(burst)}")
-            await wait(lambda: placeholders(env, bound=True) == n, 300, "the pool refilled", env)
+            await pool_at_rest(env, n)
             over = await story.run(n + 2)
-            print(f"burst of {n + 2} stories with {n} warm slots: pod Running "
+            print(f"burst of {n + 2} stories with {n} warm slots and no other node: pod Running "
                   + ", ".join(f"{v:.2f}" for v in over) + " s")
             if obs.errors:
                 print(f"(observer: {obs.errors} failed polls)")
