@@ -41,7 +41,14 @@ class WarmPool:
         ctx = self.ctx
         held = ctx.node.paused(ctx.mono()) is not None or ctx.node.budget_reached
         return pool.desired(warm_slots=ctx.settings.build.warm_slots, max_concurrent=ctx.settings.max_concurrent,
-                            busy=ctx.table.busy, draining=self.draining or held)
+                            busy=self.in_flight(), draining=self.draining or held)
+
+    def in_flight(self) -> int:
+        """Stories this node claims or runs, each once: a story moves from ``claiming`` to ``runs``
+        and is briefly in both (``RunTable.busy`` then counts it twice, which would shrink the pool
+        for an instant and delete the very placeholder the story's pod is about to preempt)."""
+        table = self.ctx.table
+        return len(set(table.runs) | set(table.claiming))
 
     async def run(self) -> None:
         """Reconcile until cancelled."""
@@ -75,7 +82,7 @@ class WarmPool:
                 await self.pods.delete_pod(name)
         for _ in range(step.create):
             await self.pods.create_pod(warmpod.build_placeholder(ctx.settings, ctx.me))
-        self._publish(pool.tally(slots, step, ctx.table.busy))
+        self._publish(pool.tally(slots, step, ctx.table.busy))  # same count as node.room compares with
         return step
 
     def _publish(self, tally: pool.Tally) -> None:
