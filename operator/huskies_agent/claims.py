@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.model import Story, story_id_problem
+from huskies_agent.pipeline.values import MalformedEntry, as_int
 
 
 class Verdict(enum.Enum):
@@ -148,6 +149,22 @@ def hrw_score(story_id: str, node: str, weight: float) -> float:
     return -weight / math.log(u)
 
 
+def slot_weight(capacity: int | None, warm: object = 0) -> int:
+    """A node's weight in :func:`rank` from what its presence says: free slots, and a warm slot
+    (one that starts at once, docs/autoscaling.md) counts twice.
+
+    Total over what any peer wrote: ``warm`` is read as ``capacity`` is (a whole number; the CRDT
+    gives numbers back as floats), and a missing, negative or malformed one counts 0 (a peer that
+    does not publish it weighs by its free slots, as before); no more warm slots count than free ones.
+    """
+    free = capacity if isinstance(capacity, int) and not isinstance(capacity, bool) and capacity > 0 else 0
+    try:
+        ready = max(0, as_int(warm))
+    except MalformedEntry:
+        ready = 0
+    return free + min(ready, free)
+
+
 def rank(story_id: str, capacities: Mapping[str, int]) -> list[str]:
     """Nodes with free slots, best first for ``story_id``; every node computes the same order.
 
@@ -178,11 +195,13 @@ def choose_claims(
     cooling: Set[str] = frozenset(),
     waited: Callable[[str], float],
     spread_delay: float,
+    my_warm: int = 0,
 ) -> Choice:
     """The stories to claim now within the free capacity, spread across nodes by rank.
 
-    ``capacities`` maps other nodes to the free slots they advertise; dead nodes and
-    nodes without room are left out, and this node counts with its own free slots.
+    ``capacities`` maps other nodes to their weights (:func:`slot_weight` of what they
+    advertise); dead nodes and nodes without room are left out, and this node counts with
+    its own free slots and ``my_warm`` warm ones.
     A story where this node ranks k-th (0-based) is claimed once it has ``waited`` at
     least ``k * spread_delay`` seconds claimable. ``busy`` counts stories this node runs
     or is claiming; ``cooling`` holds stories this node gave up recently.
@@ -191,7 +210,7 @@ def choose_claims(
     if free == 0:
         return Choice([])
     room = {node: slots for node, slots in capacities.items() if node != me and slots > 0 and not is_dead(node)}
-    room[me] = free
+    room[me] = slot_weight(free, my_warm)
     ready: list[tuple[int, Story]] = []
     recheck: float | None = None
     for story in candidates:

@@ -83,6 +83,9 @@ class Metrics:
             buckets=STARTUP_BUCKETS, registry=r)
         self.max_concurrent = Gauge("huskies_max_concurrent", "Stories this node runs at most at once (configured)",
                                     registry=r)
+        self.warm_slots = Gauge("huskies_warm_slots",
+                                "Warm build slots (placeholder pods) of this node: ready (on a node) or waiting",
+                                ["state"], registry=r)
         self.waiting = Gauge("huskies_stories_waiting",
                              "Claimable stories this node passed over for lack of room", registry=r)
         self.stories = Gauge("huskies_stories", "Stories in the pipeline document by stage and blocked flag",

@@ -1,4 +1,4 @@
-"""Checks of the build pod's uid, security context and Secret key settings (pure, no Kubernetes).
+"""Checks of the build pod's uid, security context, Secret key and warm-slot settings (pure, no Kubernetes).
 
 ``Settings.validate`` runs them when the settings load; the patched pod as a whole is checked by
 ``k8s/podcheck.py`` when the operator starts (it needs the generated pod).
@@ -42,4 +42,21 @@ def check_build_pod_settings(build: BuildPodSettings) -> str:
     git_keys = [build.git_token_key, build.git_ssh_private_key_key, build.git_known_hosts_key]
     if len(set(git_keys)) != len(git_keys):
         return f"build.git_*_key: the token, ssh key and known_hosts keys must differ, got {git_keys}"
+    return ""
+
+
+def check_warm_settings(build: BuildPodSettings) -> str:
+    """Why the warm-slot settings are unusable ("" when fine)."""
+    if build.warm_slots < 0:
+        return f"build.warm_slots: must be 0 or more, got {build.warm_slots}"
+    if not build.warm_slots:
+        return ""
+    if not build.warm_priority_class_name:
+        return ("build.warm_priority_class_name: must name a PriorityClass with a value below the "
+                "build pods' priority when build.warm_slots is set (the chart creates one)")
+    if build.warm_priority_class_name == build.priority_class_name:
+        return ("build.warm_priority_class_name: must differ from build.priority_class_name, "
+                "or build pods could never preempt a placeholder")
+    if not (build.warm_command and all(isinstance(a, str) and a for a in build.warm_command)):
+        return f"build.warm_command: expected a non-empty list of strings, got {build.warm_command!r}"
     return ""

@@ -29,7 +29,7 @@ from huskies_agent.contract import (
     GIT_UID,
 )
 from huskies_agent.pipeline.model import ParseLimits
-from huskies_agent.podsettings import check_build_pod_settings
+from huskies_agent.podsettings import check_build_pod_settings, check_warm_settings
 
 ENV_PREFIX = "HUSKIES_"
 
@@ -93,6 +93,19 @@ class BuildPodSettings:
     git_ssh_private_key_key: str = GIT_SSH_KEY_KEY
     git_known_hosts_key: str = GIT_KNOWN_HOSTS_KEY
     anthropic_secret_key: str = ANTHROPIC_KEY_KEY
+    # Warm capacity (docs/autoscaling.md, "Warm capacity"): placeholder pods shaped like a build pod
+    # at a negative priority keep nodes up; a build pod preempts one and starts at once.
+    #: Build slots kept warm (0: none); never more than max_concurrent minus the runs in flight.
+    warm_slots: int = 0
+    #: PriorityClass of the placeholders; its value must be below the build pods' priority.
+    warm_priority_class_name: str = ""
+    #: Image of the placeholders (empty: the runner image, which the nodes pull for builds anyway).
+    warm_image: str = ""
+    #: What a placeholder runs: it must run until killed and need no writable root filesystem.
+    warm_command: tuple[str, ...] = ("sleep", "infinity")
+    #: Whether this cluster can add nodes for build pods (an autoscaler is set up); said in presence,
+    #: and without it a placeholder that cannot be scheduled means no room beyond the warm slots.
+    can_scale: bool = True
 
 
 @dataclass(frozen=True)
@@ -253,6 +266,9 @@ class Settings:
         if not self.build.image:
             raise SettingsError("build.image: must be set")
         problem = check_build_pod_settings(self.build)
+        if problem:
+            raise SettingsError(problem)
+        problem = check_warm_settings(self.build)
         if problem:
             raise SettingsError(problem)
 

@@ -41,6 +41,9 @@ class AutoscaleConfig:
     #: How long each fake build runs (kwok ends the pod Succeeded after this).
     run_for: str = "5s"
     max_concurrent: int = 20
+    #: More operator env (e.g. warm slots), and cluster objects made before the operator starts.
+    operator_env: dict[str, str] = field(default_factory=dict)
+    extra_objects: tuple[tuple[str, dict[str, Any]], ...] = ()
     pending_timeout_seconds: int = 300
     #: Karpenter-kwok instance types allowed: family "c" (2 GiB per cpu) with this many cpus.
     instance_cpu: tuple[str, ...] = ("8",)
@@ -150,11 +153,13 @@ class AutoscaleEnv:
         self.timings["karpenter ready"] = self.karpenter.ready_seconds
 
         self.plane.create_namespace(cfg.namespace)
+        for collection, obj in cfg.extra_objects:
+            client.create_if_missing(collection, obj)
         rv, self.url = start_rendezvous(self.log_dir)
         self.procs.append(rv)
         self.operator, self.operator_metrics_port = start_operator(
             "autoscale", kubeconfig=str(self.plane.kubeconfig_path), namespace=cfg.namespace,
-            rendezvous=self.url, log_dir=self.log_dir, env=_operator_env(cfg))
+            rendezvous=self.url, log_dir=self.log_dir, env={**_operator_env(cfg), **cfg.operator_env})
         self.procs.append(self.operator)
         self.timings["total start-up"] = time.monotonic() - t0
 

@@ -191,6 +191,20 @@ class FakeKube:
         self._delete_job_now(name)
         return existed
 
+    async def create_pod(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A pod created directly (warm-slot placeholders); ``generateName`` gets a suffix."""
+        meta = dict(body["metadata"])
+        if "name" not in meta:
+            meta["name"] = f"{meta.pop('generateName', 'pod-')}{next(_uids):05d}"
+        self._call("create_pod", meta["name"])
+        obj = self._create(self.pods, {**body, "metadata": meta})
+        obj["status"] = {"phase": "Pending"}
+        return copy.deepcopy(obj)
+
+    async def delete_pod(self, name: str) -> bool:
+        self._call("delete_pod", name)
+        return self.pods.pop(name, None) is not None
+
     async def list_pods(self, selector: str) -> list[dict[str, Any]]:
         self._call("list_pods", selector)
         return [copy.deepcopy(o) for o in self.pods.values() if _matches(o, selector)]

@@ -112,6 +112,19 @@ Pull secrets as LocalObjectReferences, from either form users write:
 {{- end }}
 
 {{/*
+PriorityClass of the warm-slot placeholders: the one given, else the one the chart creates
+(cluster-scoped, so the name carries the namespace), else none (warm slots off).
+*/}}
+{{- define "huskies-agent.warmPriorityClassName" -}}
+{{- $w := .Values.build.warm }}
+{{- if $w.priorityClass.name }}
+{{- $w.priorityClass.name }}
+{{- else if and (gt (int $w.slots) 0) $w.priorityClass.create }}
+{{- printf "%s-%s-warm" .Release.Namespace (include "huskies-agent.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
 The operator settings file (huskies_agent.settings.Settings), values mapped to the
 snake_case keys settings.py defines. namespace and replica_id come from POD_NAMESPACE and
 POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
@@ -155,6 +168,11 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
   "git_ssh_private_key_key" $b.git.sshPrivateKeyKey
   "git_known_hosts_key" $b.git.knownHostsKey
   "anthropic_secret_key" $b.anthropic.existingSecretKey
+  "warm_slots" $b.warm.slots
+  "warm_priority_class_name" (include "huskies-agent.warmPriorityClassName" .)
+  "warm_image" $b.warm.image
+  "warm_command" $b.warm.command
+  "can_scale" $b.canScale
 }}
 {{- $settings := dict
   "rendezvous_url" .Values.rendezvous.url
@@ -220,6 +238,12 @@ POD_NAME; the token from HUSKIES_RENDEZVOUS_TOKEN_FILE.
 {{- end }}
 {{- if eq (int .Values.build.agentUid) (int .Values.build.gitUid) }}
 {{- fail (printf "build.agentUid and build.gitUid are both %v: the agent must run as another uid than the containers holding the git credentials" .Values.build.agentUid) }}
+{{- end }}
+{{- if and (gt (int .Values.build.warm.slots) 0) (not (include "huskies-agent.warmPriorityClassName" .)) }}
+{{- fail "build.warm.slots needs a PriorityClass for the placeholders: keep build.warm.priorityClass.create true or name one in build.warm.priorityClass.name" }}
+{{- end }}
+{{- if and .Values.build.warm.priorityClass.name (eq .Values.build.warm.priorityClass.name .Values.build.priorityClassName) }}
+{{- fail "build.warm.priorityClass.name must differ from build.priorityClassName, or build pods could never preempt a placeholder" }}
 {{- end }}
 {{- if gt (float64 .Values.websocket.reconnectMinSeconds) (float64 .Values.websocket.reconnectMaxSeconds) }}
 {{- fail (printf "websocket.reconnectMinSeconds (%v) must not exceed websocket.reconnectMaxSeconds (%v)" .Values.websocket.reconnectMinSeconds .Values.websocket.reconnectMaxSeconds) }}

@@ -106,7 +106,7 @@ async def operate(settings: Any) -> int:
         )
         client.on_state(lambda connected: metrics.connected.set(1 if connected else 0))
         export_sync_metrics(metrics, client.stats, lambda: client.synced, lambda: len(doc.encode_update()))
-        engine = Engine(settings, kube, doc, client, node_id, metrics)
+        engine = Engine(settings, kube, doc, client, node_id, metrics, pods=kube)
         async with client:
             slot.engine = engine
             engine_created.set()

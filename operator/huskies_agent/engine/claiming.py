@@ -68,11 +68,14 @@ def _claim_candidates(ctx: Context, candidates: list[Story]) -> None:
     now = ctx.mono()
     for story in candidates:
         ctx.claimable_since.setdefault(story.story_id, now)
+    room = node.room(ctx)
     choice = claims.choose_claims(
         candidates, me=ctx.me, stories=ctx.doc.stories, is_dead=ctx.is_dead,
-        capacities={node: p.capacity or 0 for node, p in ctx.doc.nodes.items()},
-        busy=table.busy, max_concurrent=table.busy + node.budget_room(ctx), cooling=table.cooling(now),
+        capacities={node: claims.slot_weight(p.capacity, p.extra.get("warm")) for node, p in ctx.doc.nodes.items()},
+        busy=table.busy, max_concurrent=table.busy + min(node.budget_room(ctx), room.capacity),
+        cooling=table.cooling(now),
         waited=lambda sid: now - ctx.claimable_since.get(sid, now), spread_delay=ctx.settings.spread_delay_seconds,
+        my_warm=room.warm,
     )
     chosen = choice.now
     ids = {s.story_id for s in chosen}

@@ -12,6 +12,7 @@ from typing import Any
 
 from huskies_agent import claims
 from huskies_agent.engine.holds import NodeState
+from huskies_agent.engine.pool import Tally
 from huskies_agent.engine.ports import KubeApi, Monotonic, Replicator, WallClock
 from huskies_agent.engine.runs import RunTable
 from huskies_agent.k8s import objects
@@ -54,6 +55,8 @@ class Context:
     recheck_at: float | None = None
     #: Node-level holds on claiming and the daily spend ledger.
     node: NodeState = field(default_factory=NodeState)
+    #: The warm-slot placeholders as last seen (engine/warmpool.py), for presence.
+    warm: Tally = field(default_factory=Tally)
     # Creating Jobs is the latency that matters; status patches and Events queue behind it.
     create_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
     followup_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))

@@ -23,8 +23,10 @@ from huskies_agent.engine import claiming, node, observe, recovery
 from huskies_agent.engine.context import Context
 from huskies_agent.engine.holds import NodeState
 from huskies_agent.engine.phases import Phase
-from huskies_agent.engine.ports import KubeApi, Monotonic, Replicator, WallClock
+from huskies_agent.engine.ports import KubeApi, Monotonic, PodApi, Replicator, WallClock
 from huskies_agent.engine.runs import Run
+from huskies_agent.engine.warmpool import WarmPool
+from huskies_agent.k8s import warmpod
 from huskies_agent.metrics import Metrics
 from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.document import Changes, PipelineDoc
@@ -47,11 +49,14 @@ class Engine:
         clock: WallClock = time.time,
         monotonic: Monotonic = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        pods: PodApi | None = None,
     ) -> None:
         self.ctx = Context(settings, kube, doc, sync, node_id, metrics, clock=clock, mono=monotonic, sleep=sleep,
                            liveness=claims.Liveness(settings.claim_timeout_seconds),
                            node=NodeState(SpendLedger(settings.daily_budget_usd),
                                           auth_pause_seconds=settings.agent_auth_pause_seconds))
+        #: The warm build slots (placeholder pods), when ``build.warm_slots`` asks for some.
+        self.pool = WarmPool(self.ctx, pods) if pods is not None and settings.build.warm_slots > 0 else None
         self.active = False
         #: Set once adoption is done and the engine reacts to changes.
         self.activated = asyncio.Event()
@@ -149,9 +154,13 @@ class Engine:
                 tg.create_task(self._periodic_loop(), name="resync")
                 tg.create_task(self._presence_loop(), name="presence")
                 tg.create_task(self._link_loop(), name="link")
+                if self.pool is not None:
+                    tg.create_task(self.pool.run(), name="warm-slots")
         finally:
             self.active = False
             ctx.cancel_tasks()
+            if self.pool is not None:
+                await self.pool.drain()
             self._remove_listener()
             self._remove_state()
 
@@ -177,6 +186,7 @@ class Engine:
                 self.reconcile(dirty)
             except Exception:
                 log.exception("reconcile failed; the next resync retries")
+            self.kick_pool()
 
     async def _periodic_loop(self) -> None:
         while True:
@@ -227,10 +237,18 @@ class Engine:
     async def on_job_event(self, event_type: str, job: Mapping[str, Any]) -> None:
         if self.active:
             await observe.on_job_event(self.ctx, event_type, job)
+            self.kick_pool()
 
     async def on_pod_event(self, event_type: str, pod: Mapping[str, Any]) -> None:
         if self.active:
-            await observe.on_pod_event(self.ctx, event_type, pod)
+            if not warmpod.is_placeholder(pod):
+                await observe.on_pod_event(self.ctx, event_type, pod)
+            self.kick_pool()
+
+    def kick_pool(self) -> None:
+        """The runs or the placeholders changed: the warm-slot pool looks again."""
+        if self.pool is not None:
+            self.pool.kick()
 
     async def on_autoscaler_event(self, event_type: str, event: Mapping[str, Any]) -> None:
         if self.active:

@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from huskies_agent.engine import pool
 from huskies_agent.engine.context import Context
 from huskies_agent.engine.holds import Pause, utc
 from huskies_agent.engine.outcomes import DocAction, Outcome
@@ -40,6 +41,13 @@ def budget_room(ctx: Context) -> int:
             now, (ctx.table.busy + room) * ctx.settings.build.max_budget_usd):
         room += 1
     return room
+
+
+def room(ctx: Context, *, held: bool = False) -> pool.Advert:
+    """Free slots that can start, and how many of them at once (``pool.advertise``): on a cluster
+    that cannot add nodes, where a warm placeholder found no node, only the warm ones."""
+    return pool.advertise(free=ctx.free, pool=ctx.warm, busy=ctx.table.busy,
+                          can_scale=ctx.settings.build.can_scale, held=held)
 
 
 def claim_pause(ctx: Context) -> tuple[Pause, float | None] | None:
@@ -132,12 +140,14 @@ def write_presence(ctx: Context) -> None:
     node = ctx.node
     held = node.paused(ctx.mono())
     pause = held[0] if held is not None else (Pause.DAILY_BUDGET if node.budget_reached else None)
-    extra: dict[str, Any] = {"cluster": ctx.settings.cluster_name, "running": len(ctx.table.runs)}
+    advert = room(ctx, held=pause is not None)
+    extra: dict[str, Any] = {"cluster": ctx.settings.cluster_name, "running": len(ctx.table.runs),
+                             "warm": advert.warm, "can_scale": ctx.settings.build.can_scale}
     if pause is not None:
         extra["paused"] = pause.value
     if node.budget_status:
         extra["budget"] = node.budget_status
     ctx.doc.put_presence(NodePresence(
         node_id=ctx.me, last_seen=ctx.clock(), alive=True, address=ctx.settings.advertise_address,
-        capacity=0 if pause is not None else ctx.free, extra=extra,
+        capacity=advert.capacity, extra=extra,
     ))

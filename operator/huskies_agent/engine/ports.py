@@ -54,6 +54,16 @@ class KubeApi(Protocol):
     ) -> None: ...
 
 
+class PodApi(Protocol):
+    """The pod calls of the warm-slot pool (``engine/warmpool.py``); ``k8s.api.Kube`` has them."""
+
+    async def list_pods(self, selector: str) -> list[dict[str, Any]]: ...
+
+    async def create_pod(self, body: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    async def delete_pod(self, name: str) -> bool: ...
+
+
 class Replicator(Protocol):
     """What the engine needs of the rendezvous sync (``sync.client.RendezvousClient``)."""
 

@@ -268,6 +268,19 @@ class Kube:
             log.warning("could not delete pods of job %s: %s", name, exc.message)
         return not gone
 
+    async def create_pod(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a pod (only warm-slot placeholders: build pods come from their Jobs)."""
+        result: dict[str, Any] = await self.request("POST", self._pods, body)
+        return result
+
+    async def delete_pod(self, name: str) -> bool:
+        """Delete one pod now (grace period 0); False when it was already gone."""
+        try:
+            await self.request("DELETE", f"{self._pods}/{name}", {"gracePeriodSeconds": 0})
+        except NotFound:
+            return False
+        return True
+
     async def list_pods(self, selector: str) -> list[dict[str, Any]]:
         data = await self.request("GET", self._pods, params={"labelSelector": selector} if selector else None)
         return list(data.get("items") or [])

@@ -22,6 +22,8 @@ ANNOTATION_NODE = f"{GROUP}/node"
 
 APP_NAME = "huskies-agent"
 COMPONENT_BUILD = "story-build"
+#: Placeholder pods of the warm build slots (k8s/warmpod.py).
+COMPONENT_WARM = "warm-slot"
 
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9._-]+")

@@ -13,7 +13,7 @@ from typing import Any
 from huskies_agent import contract
 from huskies_agent.k8s import buildpod, naming, podcheck, podpatch
 from huskies_agent.pipeline.model import branch_for
-from huskies_agent.settings import Settings
+from huskies_agent.settings import BuildPodSettings, Settings
 
 API_VERSION = f"{naming.GROUP}/{naming.VERSION}"
 
@@ -95,6 +95,31 @@ def runner_args(settings: Settings, run: RunSpec) -> list[str]:
     return [f"{flag}={values[dest]}" for flag, dest, _env in contract.OPTIONS]
 
 
+def agent_resources(build: BuildPodSettings) -> dict[str, Any]:
+    """The agent container's requests and limits (the git containers get ``buildpod.GIT_RESOURCES``)."""
+    resources: dict[str, Any] = {}
+    if build.requests:
+        resources["requests"] = {k: str(v) for k, v in build.requests.items()}
+    if build.limits:
+        resources["limits"] = {k: str(v) for k, v in build.limits.items()}
+    return resources
+
+
+def scheduling(build: BuildPodSettings) -> dict[str, Any]:
+    """Where a build pod may run: its nodeSelector, tolerations and affinity (pod spec keys).
+
+    Warm placeholders (``k8s/warmpod.py``) use the same, so a build pod fits where one stood.
+    """
+    spec: dict[str, Any] = {}
+    if build.node_selector:
+        spec["nodeSelector"] = dict(build.node_selector)
+    if build.tolerations:
+        spec["tolerations"] = [dict(t) for t in build.tolerations]
+    if build.affinity:
+        spec["affinity"] = dict(build.affinity)
+    return spec
+
+
 def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[str, Any]:
     """The batch/v1 Job that runs one story, owned by its StoryJob."""
     build = settings.build
@@ -106,13 +131,8 @@ def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[s
         pod_annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] = "false"
         pod_annotations["karpenter.sh/do-not-disrupt"] = "true"
 
-    resources: dict[str, Any] = {}
-    if build.requests:
-        resources["requests"] = {k: str(v) for k, v in build.requests.items()}
-    if build.limits:
-        resources["limits"] = {k: str(v) for k, v in build.limits.items()}
     init_containers, containers = buildpod.containers(
-        build, runner_args(settings, run), resources, build.checkpoint_interval_seconds)
+        build, runner_args(settings, run), agent_resources(build), build.checkpoint_interval_seconds)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "initContainers": init_containers,
@@ -128,12 +148,7 @@ def build_job(settings: Settings, run: RunSpec, owner_uid: str | None) -> dict[s
         pod_spec["serviceAccountName"] = build.service_account
     if build.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in build.image_pull_secrets]
-    if build.node_selector:
-        pod_spec["nodeSelector"] = dict(build.node_selector)
-    if build.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in build.tolerations]
-    if build.affinity:
-        pod_spec["affinity"] = dict(build.affinity)
+    pod_spec.update(scheduling(build))
     if build.priority_class_name:
         pod_spec["priorityClassName"] = build.priority_class_name
     pod_spec = patched_pod_spec(settings, pod_spec)
