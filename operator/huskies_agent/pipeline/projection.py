@@ -55,6 +55,47 @@ UpdateListener = Callable[[bytes, bool], None]
 REMOTE_ORIGIN = "huskies-remote"
 
 
+_DECODER = json.JSONDecoder()
+_WHITESPACE = " \t\n\r"
+
+
+def _entries(text: str) -> Iterable[tuple[str, Any]]:
+    """``(key, value)`` of a JSON object's text, decoded one entry at a time.
+
+    Raises ValueError where the text is not one JSON object (the caller then reads the
+    entries one by one instead).
+    """
+    end = len(text)
+
+    def skip(i: int) -> int:
+        while i < end and text[i] in _WHITESPACE:
+            i += 1
+        return i
+
+    i = skip(0)
+    if i >= end or text[i] != "{":
+        raise ValueError("not a JSON object")
+    i = skip(i + 1)
+    if i < end and text[i] == "}":
+        return
+    while True:
+        if i >= end or text[i] != '"':
+            raise ValueError(f"expected a key at {i}")
+        key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
+        i = skip(i)
+        if i >= end or text[i] != ":":
+            raise ValueError(f"expected ':' at {i}")
+        value, i = _DECODER.raw_decode(text, skip(i + 1))
+        yield key, value
+        i = skip(i)
+        if i < end and text[i] == ",":
+            i = skip(i + 1)
+            continue
+        if i < end and text[i] == "}":
+            return
+        raise ValueError(f"expected ',' or '}}' at {i}")
+
+
 class Projection:
     """Parsed stories and presence of ``_items``/``_nodes``; the subclass owns the document."""
 
@@ -117,20 +158,22 @@ class Projection:
         into[key] = reason
 
     def _parse_stories(self, story_ids: Iterable[str]) -> None:
-        ids = list(story_ids)
-        everything: Any = None
+        ids = story_ids if isinstance(story_ids, set | frozenset) else set(story_ids)
         if len(ids) > _BULK_PARSE:
-            # Many stories at once (initial sync, bulk import): read the whole map in one go.
-            # A hostile entry can make that fail; then each story is read on its own.
+            # Many stories at once (initial sync, bulk import): one JSON text of the whole map
+            # (a call into pycrdt per story costs more), decoded one entry at a time, so that
+            # only one story's plain value is alive at once, never the whole map's.
+            left = set(ids)
             try:
-                everything = json.loads(str(self._items))
+                for story_id, fields in _entries(str(self._items)):
+                    if story_id in left:
+                        left.discard(story_id)
+                        self._parse_into_projection(story_id, fields)
             except (ValueError, RecursionError, MemoryError):
-                everything = None
+                pass  # a hostile entry: read whatever is left one story at a time
+            ids = left
         for story_id in ids:
-            if isinstance(everything, dict):
-                self._parse_into_projection(story_id, everything.get(story_id))
-            else:
-                self._parse_into_projection(story_id)
+            self._parse_into_projection(story_id)
 
     def _parse_presence(self, node_id: str) -> None:
         self._presence.pop(node_id, None)
@@ -146,6 +189,14 @@ class Projection:
             return
         self._bad_nodes.pop(node_id, None)
         self._presence[node_id] = presence
+
+    def _reread_stories(self, *, remote: bool) -> None:
+        """Re-read every story (after an update applied without change events) and tell
+        listeners that all of them, and every one removed, may have changed."""
+        before = set(self._stories) | set(self._malformed)
+        now = set(self._items.keys())
+        self._parse_stories(now | before)
+        self._notify(Changes(stories=frozenset(now | before), remote=remote))
 
     def _refresh_all(self) -> None:
         self._parse_stories(self._items.keys())
