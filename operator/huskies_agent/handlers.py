@@ -45,6 +45,12 @@ def build_registry(settings: Settings, slot: EngineSlot) -> kopf.OperatorRegistr
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 30
+        # Filter on the server, not only in the handlers: otherwise every pod and Job of the
+        # namespace (another install's thousand Jobs, say) is listed, streamed, decoded and
+        # given a kopf worker here, costing start-up time, memory and idle CPU.
+        selector = ",".join(f"{key}={value}" for key, value in sorted(ours.items()))
+        for resource in (("batch", "v1", "jobs"), ("", "v1", "pods")):
+            settings.watching.label_selectors[resource] = selector
 
     @kopf.on.event("batch", "v1", "jobs", labels=ours, registry=registry)
     async def job_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:

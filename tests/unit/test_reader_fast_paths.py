@@ -137,3 +137,18 @@ def test_bulk_update_reports_removed_stories() -> None:
     assert len(seen) == 1 and "5_s" in seen[0].stories and "2000_s" in seen[0].stories
     assert replica.story("5_s") is None and replica.story("3499_s") is not None
     assert dict(replica.stories) == dict(author.stories)
+
+
+def test_active_ids_follow_stage_moves_removals_and_quarantine() -> None:
+    doc = PipelineDoc()
+    doc.add_stories([{"story_id": "1_a", "stage": "2_current"}, {"story_id": "2_b", "stage": "5_done"},
+                     {"story_id": "3_c", "stage": "1_backlog"}])
+    assert set(doc.active_ids) == {"1_a"}
+    doc.move("3_c", "4_merge")
+    doc.move("1_a", "5_done")
+    assert set(doc.active_ids) == {"3_c"}
+    doc.put_raw("3_c", blocked="maybe")  # quarantined: not a story any more
+    assert set(doc.active_ids) == set()
+    doc.put_raw("3_c", blocked=False)
+    doc.remove_story("2_b")
+    assert set(doc.active_ids) == {"3_c"}

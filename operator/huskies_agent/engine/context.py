@@ -42,6 +42,8 @@ class Context:
     link: asyncio.Event = field(default_factory=asyncio.Event)
     #: Stories to look at on the next dispatch, and stories that waited for room.
     dirty: set[str] = field(default_factory=set)
+    #: Monotonic time of the first change marked dirty since the last dispatch (timing only).
+    dirty_since: float | None = None
     waiting: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -94,6 +96,8 @@ class Context:
 
     def mark_dirty(self, story_ids: Iterable[str]) -> None:
         self.dirty.update(story_ids)
+        if self.dirty_since is None:
+            self.dirty_since = self.mono()
         self.wake.set()
 
     def capacity_changed(self) -> None:

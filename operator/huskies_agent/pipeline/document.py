@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from typing import Any
 
@@ -104,6 +105,11 @@ class PipelineDoc(Projection):
     def stories(self) -> Mapping[str, Story]:
         """Every well-formed story, by id."""
         return self._stories
+
+    @property
+    def active_ids(self) -> AbstractSet[str]:
+        """Ids of the well-formed stories in an active stage (kept current; do not modify)."""
+        return self._active
 
     @property
     def malformed(self) -> Mapping[str, str]:

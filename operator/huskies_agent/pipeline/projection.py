@@ -15,6 +15,7 @@ from typing import Any
 
 from pycrdt import Map, MapEvent, TransactionEvent
 
+from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.model import (
     MalformedEntry,
     NodePresence,
@@ -105,6 +106,8 @@ class Projection:
 
     def _init_projection(self) -> None:
         self._stories: dict[str, Story] = {}
+        #: Ids of the stories in an active stage: what a full look at the pipeline needs to visit.
+        self._active: set[str] = set()
         self._malformed: dict[str, str] = {}
         self._presence: dict[str, NodePresence] = {}
         self._bad_nodes: dict[str, str] = {}
@@ -118,6 +121,7 @@ class Projection:
         ``malformed`` with a reason (logged once per distinct reason).
         """
         self._stories.pop(story_id, None)
+        self._active.discard(story_id)
         try:
             if fields is _UNREAD:
                 raw = self._items.get(story_id)
@@ -132,6 +136,8 @@ class Projection:
             return
         self._malformed.pop(story_id, None)
         self._stories[story_id] = story
+        if story.stage in stages.ACTIVE_STAGES:
+            self._active.add(story_id)
 
     def _decode(self, story_id: str, raw: Any) -> Any:
         """The plain value of one stored story, bounded by ``limits.max_entry_bytes``."""
