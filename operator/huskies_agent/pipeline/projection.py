@@ -7,6 +7,7 @@ quarantined with a reason), and tells listeners what changed.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -56,6 +57,26 @@ UpdateListener = Callable[[bytes, bool], None]
 REMOTE_ORIGIN = "huskies-remote"
 
 
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    Reading a large update leaves tens of MB free inside the heap (the update, its JSON
+    text, the decoder's buffers): without this they stay in the process' RSS (about 150 MiB
+    after a 100,000-story initial sync, bench/bench_operator.py).
+    """
+    trim = _MALLOC_TRIM
+    if trim is not None:
+        trim(0)
+
+
+def _find_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim with
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
 _DECODER = json.JSONDecoder()
 _WHITESPACE = " \t\n\r"
 
@@ -202,6 +223,7 @@ class Projection:
         before = set(self._stories) | set(self._malformed)
         now = set(self._items.keys())
         self._parse_stories(now | before)
+        release_free_memory()
         self._notify(Changes(stories=frozenset(now | before), remote=remote))
 
     def _refresh_all(self) -> None:
