@@ -55,11 +55,19 @@ async def start_run(ctx: Context, spec: objects.RunSpec, seen: float, *, confirm
     """Create the StoryJob and its Job (idempotent by name) for a confirmed claim
     (``confirmed``: when the claim was confirmed, for the claim-to-running latency;
     ``timing``: the claim's way so far, logged with the start)."""
+    ctx.start_begins()
+    try:
+        await _start(ctx, spec, seen, confirmed, timing or StartTiming())
+    finally:
+        ctx.start_ends()
+
+
+async def _start(ctx: Context, spec: objects.RunSpec, seen: float, confirmed: float | None,
+                 timing: StartTiming) -> None:
     sid = spec.story_id
     table = ctx.table
     failure: StartFailed | None = None
     gone = False
-    timing = timing or StartTiming()
     async with table.locks[sid], ctx.create_slots:
         timing.slot = ctx.mono()
         if sid in table.runs or sid in table.pending:
@@ -140,7 +148,7 @@ async def _job_exists(ctx: Context, name: str) -> bool:
 
 async def _after_start(ctx: Context, run: Run) -> None:
     assert run.storyjob is not None
-    async with ctx.followup_slots:
+    async with ctx.followup():
         await patch_run_status(ctx, run, {"phase": Phase.PENDING.value, "jobName": run.spec.name,
                                           "jobCreated": True, "startedAt": iso(ctx.clock())})
         await ctx.kube.post_event(
@@ -153,7 +161,7 @@ async def mark_running(ctx: Context, run: Run) -> None:
     if run.phase is not Phase.PENDING:
         return
     run.phase = Phase.RUNNING
-    async with ctx.followup_slots:
+    async with ctx.followup():
         await patch_run_status(ctx, run, {"phase": Phase.RUNNING.value, "jobName": run.spec.name})
 
 
@@ -298,7 +306,7 @@ async def note_condition(ctx: Context, run: Run, condition: conditions.Condition
         old = conditions.find(_seed(run), condition.type)
         if old is not None and (old.get("status"), old.get("reason")) == (condition.status.value, condition.reason):
             return
-        async with ctx.followup_slots:
+        async with ctx.followup():
             await _patch(ctx, run.spec.name, _with_conditions(ctx, run, {}, [condition]))
 
 
