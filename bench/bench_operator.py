@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -193,6 +194,12 @@ async def burst(args: argparse.Namespace, doc: PipelineDoc, client: RendezvousCl
     meter = CpuMeter(pids)
     ids = [f"{5000 + i}_burst" for i in range(args.burst)]
     print(f"burst: {load()}")
+    spy = None
+    if args.py_spy:  # sample the operator's stacks during the burst (collapsed stacks, for flame graphs)
+        spy = subprocess.Popen([args.py_spy, "record", "--pid", str(op.pid), "--format", "raw", "--rate", "200",
+                                "--nonblocking", "--output", args.py_spy_output], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        await asyncio.sleep(1.0)
     meter.start()
     t0 = time.monotonic()
     doc.add_stories([{"story_id": sid, "stage": "2_current"} for sid in ids])
@@ -200,6 +207,10 @@ async def burst(args: argparse.Namespace, doc: PipelineDoc, client: RendezvousCl
     await jobs.wait(lambda: all(s in jobs.added for s in ids), 300)
     took = max(jobs.added[s] for s in ids) - t0
     used = meter.stop()
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+        print(f"  operator stacks during the burst: {args.py_spy_output}")
     print(f"burst of {args.burst} stories -> {args.burst} Jobs: {took:.2f} s ({args.burst / took:.0f} Jobs/s), "
           f"{load()}")
     per_second = [0] * (int(took) + 1)
@@ -281,6 +292,8 @@ def main() -> None:
                              "reaction time, e.g. 1000,10000,100000")
     parser.add_argument("--react", type=int, default=20, help="stories timed one at a time at each size")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the operator is up")
+    parser.add_argument("--py-spy", metavar="PY_SPY", help="path of py-spy: sample the operator during the burst")
+    parser.add_argument("--py-spy-output", default="/tmp/huskies-burst-stacks.txt")
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle CPU measurement")
     parser.add_argument("--settle", type=float, default=30.0,
                         help="seconds to wait after the initial sync (kopf lists and replays every pod and Job)")
