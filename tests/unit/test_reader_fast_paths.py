@@ -152,3 +152,45 @@ def test_active_ids_follow_stage_moves_removals_and_quarantine() -> None:
     doc.put_raw("3_c", blocked=False)
     doc.remove_story("2_b")
     assert set(doc.active_ids) == {"3_c"}
+
+
+async def test_a_deferred_bulk_update_is_read_in_slices_and_the_loop_runs_between() -> None:
+    import asyncio
+
+    author = PipelineDoc()
+    author.add_stories([{"story_id": f"{i}_s", "stage": "2_current", "name": "n" * 300} for i in range(1500)])
+    replica = PipelineDoc()
+    replica.defer_bulk = True
+    seen: list[Changes] = []
+    replica.add_listener(seen.append)
+    replica.apply_remote(author.encode_update())
+    assert replica.catching_up and seen == [] and len(replica.stories) == 0
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await replica.catch_up(slice_size=100)
+    task.cancel()
+    assert ticks >= 10 and not replica.catching_up
+    assert dict(replica.stories) == dict(author.stories) and len(seen) == 1 and len(seen[0].stories) == 1500
+
+
+async def test_a_cancelled_catch_up_still_reads_every_story() -> None:
+    import asyncio
+
+    author = PipelineDoc()
+    author.add_stories([{"story_id": f"{i}_s", "stage": "5_done", "name": "n" * 300} for i in range(1500)])
+    replica = PipelineDoc()
+    replica.defer_bulk = True
+    replica.apply_remote(author.encode_update())
+    task = asyncio.create_task(replica.catch_up(slice_size=10))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert not replica.catching_up and len(replica.stories) == 1500

@@ -93,6 +93,9 @@ class PipelineDoc(Projection):
         self._presence_seq: dict[str, int] = {}
         #: Bytes of remote updates applied so far: what makes an update "bulk" (apply_remote).
         self._bytes_applied = 0
+        #: Leave the reading of a bulk update's stories to :meth:`catch_up` (the sync client
+        #: sets this, so 100,000 stories are read in slices and its event loop keeps running).
+        self.defer_bulk = False
         self._doc_sub: Subscription | None = None
         self._subs: list[Subscription] = [
             self._items.observe_deep(self._on_items),
@@ -206,7 +209,10 @@ class PipelineDoc(Projection):
         finally:
             if items_sub is not None:
                 self._subs[0] = self._items.observe_deep(self._on_items)
-        self._reread_stories(remote=True)
+        if self.defer_bulk:
+            self._defer_reread(remote=True)  # the caller awaits catch_up() before reading
+        else:
+            self._reread_stories(remote=True)
 
     # ------------------------------------------------------------------ writing
     def ensure_schema(self) -> None:

@@ -7,6 +7,7 @@ quarantined with a reason), and tells listeners what changed.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import logging
@@ -133,6 +134,8 @@ class Projection:
         self._presence: dict[str, NodePresence] = {}
         self._bad_nodes: dict[str, str] = {}
         self._listeners: list[Listener] = []
+        #: A bulk update's JSON text, the story ids it may have changed and its origin, until read.
+        self._pending: tuple[str, set[str], bool] | None = None
         self._update_listeners: list[UpdateListener] = []
 
     def _parse_into_projection(self, story_id: str, fields: Any = _UNREAD) -> None:
@@ -225,6 +228,48 @@ class Projection:
         self._parse_stories(now | before)
         release_free_memory()
         self._notify(Changes(stories=frozenset(now | before), remote=remote))
+
+    def _defer_reread(self, *, remote: bool) -> None:
+        """Like :meth:`_reread_stories`, but the stories are read by :meth:`catch_up`."""
+        before = set(self._stories) | set(self._malformed)
+        self._pending = (str(self._items), before | set(self._items.keys()), remote)
+
+    @property
+    def catching_up(self) -> bool:
+        """A bulk update's stories are not all read yet (see :meth:`catch_up`)."""
+        return self._pending is not None
+
+    async def catch_up(self, slice_size: int = 2000) -> None:
+        """Read the stories of a deferred bulk update, ``slice_size`` at a time, yielding to
+        the event loop between slices (a 100,000-story initial sync otherwise holds the
+        loop for seconds: long enough to miss a Lease renewal). Then tell listeners, once.
+
+        Nothing may change the stories meanwhile: the sync client reads no further frame
+        until this returns.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        text, ids, remote = pending
+        left = set(ids)
+        done = 0
+        try:
+            for story_id, fields in _entries(text):
+                if story_id in left:
+                    left.discard(story_id)
+                    self._parse_into_projection(story_id, fields)
+                    done += 1
+                    if done % slice_size == 0:
+                        await asyncio.sleep(0)
+        except (ValueError, RecursionError, MemoryError):
+            pass  # a hostile entry: read whatever is left one story at a time
+        finally:
+            # Also when cancelled between slices: no story is left unread.
+            del text
+            for story_id in left:
+                self._parse_into_projection(story_id)
+            release_free_memory()
+            self._notify(Changes(stories=frozenset(ids), remote=remote))
 
     def _refresh_all(self) -> None:
         self._parse_stories(self._items.keys())

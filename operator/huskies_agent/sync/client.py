@@ -176,7 +176,7 @@ class RendezvousClient:
     def synced(self) -> bool:
         """The current connection finished its initial sync."""
         link = self._link
-        return link is not None and link.session.synced
+        return link is not None and link.session.synced and not self.doc.catching_up
 
     def on_state(self, callback: StateCallback) -> Callable[[], None]:
         """Call ``callback(connected)`` when a connection opens or ends; returns a remover."""
@@ -228,6 +228,7 @@ class RendezvousClient:
         self._running = True
         self._stopped_by = None
         remove_listener = self.doc.observe_updates(self._on_local_update)
+        self.doc.defer_bulk = True  # _read awaits catch_up(): the loop runs between slices
         loop = asyncio.get_running_loop()
         failures = 0
         try:
@@ -260,6 +261,7 @@ class RendezvousClient:
             raise
         finally:
             remove_listener()
+            self.doc.defer_bulk = False
             self._running = False
             self._changed.notify()
 
@@ -342,6 +344,8 @@ class RendezvousClient:
                 log.error("closing the connection to %s: %s", self.url, exc)
                 await link.ws.close(CloseCode.PROTOCOL_ERROR, "protocol error")
                 raise
+            if self.doc.catching_up:
+                await self.doc.catch_up()  # a bulk update (an initial sync): its stories, in slices
             if result.reply is not None:
                 link.send(result.reply)
                 self._changed.notify()
