@@ -194,3 +194,21 @@ async def test_a_cancelled_catch_up_still_reads_every_story() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert not replica.catching_up and len(replica.stories) == 1500
+
+
+def test_a_large_update_is_checked_apart_and_refused_alike() -> None:
+    from tests.sync.hostile import nested_update
+
+    from huskies_agent.sync import protocol
+
+    session = protocol.SyncSession(PipelineDoc())
+    deep = protocol.Message(protocol.Kind.UPDATE, nested_update(300))
+    with pytest.raises(protocol.RefusedUpdate):
+        session.check(deep)
+    with pytest.raises(protocol.RefusedUpdate):
+        session.handle(deep)
+    author = PipelineDoc()
+    author.add_story("1_s", stage="2_current")
+    fine = protocol.Message(protocol.Kind.UPDATE, author.encode_update())
+    session.check(fine)
+    assert session.handle(fine, checked=True).applied
