@@ -1,12 +1,15 @@
 """Operator benchmarks on the real control plane with a real rendezvous.
 
-    .venv/bin/python bench/bench_operator.py [--stories 100] [--burst 300] [--big 10000]
+    .venv/bin/python bench/bench_operator.py [--stories 100] [--burst 1000] [--sizes 10000,100000]
 
-Prints, with the machine it ran on:
-  * story enters 2_current -> its Job exists: p50/p99 over N stories, one at a time;
-  * claim lost to another node -> Job deleted: p50/p99 over N stories;
-  * burst of B stories at once -> B Jobs exist: wall time;
-  * a document of 10,000 stories: the operator's initial sync time, RSS and idle CPU.
+Prints, with the machine it ran on and the load average at each step:
+  * story enters 2_current -> its Job exists: p50/p99 over N stories, one at a time, and
+    where the time goes, step by step (the operator's JSON log: engine/timing.py);
+  * claim lost to another node -> Job deleted: p50/p99 over N stories, and its steps;
+  * burst of B stories at once -> B Jobs exist: wall time, Jobs/s per second, the steps,
+    and the CPU each process (operator, API server, etcd, controllers, kwok) used meanwhile;
+  * for each document size: a fresh operator's initial sync, RSS and idle CPU (production
+    settings, runtime dependencies only), and its story -> Job latency at that size.
 Times are measured from the benchmark's own write (confirmed by the rendezvous) to the
 Job's ADDED/DELETED watch event seen by the benchmark, so they include the sync hop,
 the claim confirmation round trip and both API writes. Loopback only; bounded.
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,13 +42,9 @@ from huskies_agent.pipeline.model import NodePresence  # noqa: E402
 from huskies_agent.sync.client import RendezvousClient  # noqa: E402
 from huskies_agent_dev.devcluster import ControlPlane, find_testbin  # noqa: E402
 from huskies_agent_dev.localrun import FAST, metrics_text, start_operator, start_rendezvous  # noqa: E402
+from huskies_agent_dev.proc import Proc  # noqa: E402
 from machine import describe  # noqa: E402  (bench/machine.py)
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
+from oplog import CpuMeter, breakdown, load, log_records, pct, rss_mib  # noqa: E402  (bench/oplog.py)
 
 
 class JobWatch:
@@ -102,19 +102,24 @@ def runtime_python(run_dir: Path) -> str:
     return str(py)
 
 
-def proc_stats(pid: int) -> tuple[float, float]:
-    """(RSS MiB, CPU seconds) of a process."""
-    rss = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return rss, (int(fields[11]) + int(fields[12])) / ticks
+async def latency(doc: PipelineDoc, client: RendezvousClient, jobs: JobWatch, op_log: Path, ids: list[str],
+                  label: str) -> None:
+    """One story at a time into 2_current; its Job's latency and where the time went."""
+    written: dict[str, float] = {}
+    for sid in ids:
+        doc.add_story(sid, stage="2_current")
+        written[sid] = time.monotonic()
+        await client.confirm(5)
+        await jobs.wait(lambda sid=sid: sid in jobs.added, 60)
+    lat = [jobs.added[sid] - written[sid] for sid in ids]
+    print(f"{label} ({len(lat)} stories, {load()}): p50 {pct(lat, 50) * 1000:.1f} ms, "
+          f"p99 {pct(lat, 99) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms")
+    await asyncio.sleep(0.5)  # the log lines are written as the Jobs are created
+    print("\n".join(breakdown(ids, written, jobs.added, log_records(op_log, "started story"))))
 
 
 async def bench(args: argparse.Namespace) -> None:
-    print(f"machine: {describe()}")
+    print(f"machine: {describe()}; {load()}")
     run_dir = Path(tempfile.mkdtemp(prefix="huskies-bench-"))
     plane = ControlPlane(find_testbin(build=True), run_dir / "cluster", tier="cluster", nodes=4)
     plane.start()
@@ -129,72 +134,127 @@ async def bench(args: argparse.Namespace) -> None:
         plane.create_namespace(ns)
         rv, url = start_rendezvous(logs)
         procs.append(rv)
-        env = {**FAST, "HUSKIES_MAX_CONCURRENT": "1000", "HUSKIES_RESYNC_INTERVAL_SECONDS": "30",
-               "HUSKIES_PRESENCE_INTERVAL_SECONDS": "5",
+        env = {**FAST, "HUSKIES_MAX_CONCURRENT": str(max(1000, args.burst + args.stories)),
+               "HUSKIES_RESYNC_INTERVAL_SECONDS": "30", "HUSKIES_PRESENCE_INTERVAL_SECONDS": "5",
                "HUSKIES_BUILD_POD_ANNOTATIONS": json.dumps({"test.huskies/run-for": "1h"})}
+        # INFO and JSON logs, as in production (DEBUG logs every watch event: CPU the
+        # benchmark would otherwise measure); the JSON lines carry the start timings.
         op, port = start_operator("bench", kubeconfig=str(plane.kubeconfig_path), namespace=ns,
-                                  rendezvous=url, log_dir=logs, env=env)
+                                  rendezvous=url, log_dir=logs, env=env, log_level="INFO", log_format="json")
         procs.append(op)
         api = await connect(str(plane.kubeconfig_path))
         kube = TestKube(api, ns)
         doc = PipelineDoc()
         async with RendezvousClient(doc, url) as client, JobWatch(kube) as jobs:
             await client.wait_synced(timeout=30)
-            for _ in range(200):
-                if doc.nodes:
+            for _ in range(300):
+                if doc.nodes and metrics_text(port).count("huskies_leader 1"):
                     break
                 await asyncio.sleep(0.1)
+            await asyncio.sleep(args.warmup)
             # 1. story -> Job latency, one story at a time
-            lat = []
-            for i in range(args.stories):
-                sid = f"{1000 + i}_latency"
-                doc.add_story(sid, stage="2_current")
-                t0 = time.monotonic()
-                await client.confirm(5)
-                await jobs.wait(lambda sid=sid: sid in jobs.added, 30)
-                lat.append(jobs.added[sid] - t0)
-            print(f"story in 2_current -> Job exists ({len(lat)} stories): p50 {pct(lat, 50) * 1000:.1f} ms, "
-                  f"p99 {pct(lat, 99) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms")
+            lat_ids = [f"{1000 + i}_latency" for i in range(args.stories)]
+            await latency(doc, client, jobs, op.log_path, lat_ids, "story in 2_current -> Job exists")
             # 2. claim lost -> Job deleted
             doc.put_presence(NodePresence(node_id="bench-rival", last_seen=time.time() + 3600, alive=True))
             await client.confirm(5)
-            lost = []
-            for i in range(args.stories):
-                sid = f"{1000 + i}_latency"
+            lost: dict[str, float] = {}
+            for sid in lat_ids:
                 doc.claim(sid, "bench-rival", time.time())
-                t0 = time.monotonic()
+                lost[sid] = time.monotonic()
                 await client.confirm(5)
                 await jobs.wait(lambda sid=sid: sid in jobs.deleted, 30)
-                lost.append(jobs.deleted[sid] - t0)
-            print(f"claim lost -> Job deleted ({len(lost)} stories): p50 {pct(lost, 50) * 1000:.1f} ms, "
-                  f"p99 {pct(lost, 99) * 1000:.1f} ms, max {max(lost) * 1000:.1f} ms")
+            gone = [jobs.deleted[sid] - lost[sid] for sid in lat_ids]
+            print(f"claim lost -> Job deleted ({len(gone)} stories, {load()}): p50 {pct(gone, 50) * 1000:.1f} ms, "
+                  f"p99 {pct(gone, 99) * 1000:.1f} ms, max {max(gone) * 1000:.1f} ms")
+            await asyncio.sleep(0.5)
+            deletions = log_records(op.log_path, "deleted job")
+            print("\n".join(breakdown(lat_ids, lost, jobs.deleted, deletions, ("write", "decided", "deleted", "seen"))
+                            ).replace("claim decided", "loss decided").replace("Job create -> the", "Job deleted ->"))
             # 3. burst
-            ids = [f"{5000 + i}_burst" for i in range(args.burst)]
-            t0 = time.monotonic()
-            doc.add_stories([{"story_id": sid, "stage": "2_current"} for sid in ids])
-            await client.confirm(10)
-            await jobs.wait(lambda: all(s in jobs.added for s in ids), 120)
-            burst = max(jobs.added[s] for s in ids) - t0
-            print(f"burst of {args.burst} stories -> {args.burst} Jobs: {burst:.2f} s")
-        # 4. a big document: initial sync, RSS, idle CPU of a fresh operator
+            await burst(args, doc, client, jobs, plane, op, rv)
+        # 4. documents of growing size: initial sync, RSS, idle CPU and reaction time of a fresh operator
         op.stop()
         doc2 = PipelineDoc()
-        async with RendezvousClient(doc2, url) as client2:
-            await client2.wait_synced(timeout=30)
-            done = [{"story_id": f"{100000 + i}_archived_story", "stage": "6_archived" if i % 2 else "5_done",
-                     "name": f"Story number {i} with a realistic title"} for i in range(args.big)]
-            doc2.add_stories(done)
-            await client2.confirm(30)
-        print(f"document: {len(doc2.stories)} stories, {len(doc2.encode_update()) / 1024:.0f} KiB encoded")
-        # Production settings (no test-time shortcuts), INFO logs, and only the runtime
-        # dependencies installed (as in the image): what a real install would use.
-        op2, port2 = start_operator("bench-big", kubeconfig=str(plane.kubeconfig_path), namespace=ns,
-                                    rendezvous=url, log_dir=logs, fast=False, log_level="INFO",
-                                    python=runtime_python(run_dir),
-                                    env={"HUSKIES_INSTANCE": "big", "HUSKIES_BUILD_REPO_URL": "git://127.0.0.1:1/r"})
-        procs.append(op2)
+        async with RendezvousClient(doc2, url) as client2, JobWatch(kube) as jobs2:
+            await client2.wait_synced(timeout=120)
+            for size in args.sizes:
+                await big_document(args, size, doc2, client2, jobs2, plane, logs, ns, url, run_dir, procs)
+        await kube.close()
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        plane.stop()
+
+
+async def burst(args: argparse.Namespace, doc: PipelineDoc, client: RendezvousClient, jobs: JobWatch,
+                plane: ControlPlane, op: Proc, rv: Proc) -> None:
+    pids = {name: p.pid for name, p in plane.processes.items() if p.pid is not None}
+    pids.update({"operator": op.pid or 0, "rendezvous": rv.pid or 0, "benchmark": os.getpid()})
+    meter = CpuMeter(pids)
+    ids = [f"{5000 + i}_burst" for i in range(args.burst)]
+    print(f"burst: {load()}")
+    spy = None
+    if args.py_spy:  # sample the operator's stacks during the burst (collapsed stacks, for flame graphs)
+        spy = subprocess.Popen([args.py_spy, "record", "--pid", str(op.pid), "--format", "raw", "--rate", "200",
+                                "--nonblocking", "--output", args.py_spy_output], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        await asyncio.sleep(1.0)
+    meter.start()
+    t0 = time.monotonic()
+    doc.add_stories([{"story_id": sid, "stage": "2_current"} for sid in ids])
+    await client.confirm(10)
+    await jobs.wait(lambda: all(s in jobs.added for s in ids), 300)
+    took = max(jobs.added[s] for s in ids) - t0
+    used = meter.stop()
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+        print(f"  operator stacks during the burst: {args.py_spy_output}")
+    print(f"burst of {args.burst} stories -> {args.burst} Jobs: {took:.2f} s ({args.burst / took:.0f} Jobs/s), "
+          f"{load()}")
+    per_second = [0] * (int(took) + 1)
+    for sid in ids:
+        per_second[int(jobs.added[sid] - t0)] += 1
+    print("  Jobs per second: " + ", ".join(str(n) for n in per_second))
+    print("  CPU seconds during the burst: " + ", ".join(
+        f"{name} {sec:.1f}" for name, sec in sorted(used.items(), key=lambda item: -item[1]) if sec >= 0.05)
+        + f" (of {took * (os.cpu_count() or 1):.1f} core-seconds)")
+    await asyncio.sleep(1.0)
+    logged = log_records(op.log_path, "started story")
+    created = [times["job"] for sid, times in logged.items() if sid in jobs.added and "job" in times]
+    if created:
+        print(f"  the last Job create returned to the operator at {max(created) - t0:.2f} s "
+              f"(the benchmark's watch saw the last one at {took:.2f} s)")
+    print("\n".join(breakdown(ids, dict.fromkeys(ids, t0), jobs.added, logged)))
+
+
+async def big_document(args: argparse.Namespace, size: int, doc2: PipelineDoc, client2: RendezvousClient,
+                       jobs: JobWatch, plane: ControlPlane, logs: Path, ns: str, url: str, run_dir: Path,
+                       procs: list[Proc]) -> None:
+    have = sum(1 for s in doc2.stories if s.endswith("_archived_story"))
+    if size > have:
+        for start in range(have, size, 10_000):  # in parts: one update stays under the update limit
+            doc2.add_stories([{"story_id": f"{100000 + i}_archived_story",
+                               "stage": "6_archived" if i % 2 else "5_done",
+                               "name": f"Story number {i} with a realistic title"}
+                              for i in range(start, min(size, start + 10_000))])
+            await client2.confirm(60)
+    print(f"document: {len(doc2.stories)} stories ({size} archived), {len(doc2.encode_update()) / 1024:.0f} KiB "
+          f"encoded; {load()}")
+    # Production settings (no test-time shortcuts), INFO logs, and only the runtime
+    # dependencies installed (as in the image): what a real install would use. One
+    # instance name for every size: one node id, so no stopped node of ours ranks first.
+    op2, port2 = start_operator(f"bench-big-{size}", kubeconfig=str(plane.kubeconfig_path), namespace=ns,
+                                rendezvous=url, log_dir=logs, fast=False, log_level="INFO", log_format="json",
+                                python=runtime_python(run_dir),
+                                env={"HUSKIES_INSTANCE": "big", "HUSKIES_BUILD_REPO_URL": "git://127.0.0.1:1/r",
+                                     "HUSKIES_MAX_CONCURRENT": "1000", "HUSKIES_SPREAD_DELAY_SECONDS": "0",
+                                     "HUSKIES_BUILD_POD_ANNOTATIONS": json.dumps({"test.huskies/run-for": "1h"})})
+    procs.append(op2)
+    try:
         sync_s = None
-        for _ in range(600):
+        for _ in range(1200):
             try:
                 text = metrics_text(port2)
             except OSError:
@@ -207,33 +267,40 @@ async def bench(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.1)
         await asyncio.sleep(args.settle)  # let start-up (kopf's first listing of pods and Jobs) settle
         assert op2.pid is not None
-        pid = op2.pid
+        meter = CpuMeter({"operator": op2.pid})
+        meter.start()
         samples = []
-        rss1, cpu_prev = proc_stats(pid)
-        cpu0 = cpu_prev
         windows = max(1, int(args.idle // 10))
         for _ in range(windows):
+            window = CpuMeter({"operator": op2.pid})
+            window.start()
             await asyncio.sleep(args.idle / windows)
-            rss1, cpu_now = proc_stats(pid)
-            samples.append((cpu_now - cpu_prev) / (args.idle / windows) * 100)
-            cpu_prev = cpu_now
-        print(f"operator with {args.big} stories: initial sync {sync_s * 1000 if sync_s else float('nan'):.0f} ms, "
-              f"RSS {rss1:.0f} MiB, idle CPU {(cpu_prev - cpu0) / args.idle * 100:.2f} % over {args.idle:.0f} s "
-              f"(per window: {', '.join(f'{x:.1f}' for x in samples)} %)")
-        await kube.close()
+            samples.append(window.stop()["operator"] / (args.idle / windows) * 100)
+        idle = meter.stop()["operator"] / args.idle * 100
+        rss = rss_mib(op2.pid)
+        sync_ms = sync_s * 1000 if sync_s else float("nan")
+        print(f"operator with {size} archived stories: initial sync {sync_ms:.0f} ms, "
+              f"RSS {rss:.0f} MiB, idle CPU {idle:.2f} % over {args.idle:.0f} s "
+              f"(per window: {', '.join(f'{x:.1f}' for x in samples)} %); {load()}")
+        ids = [f"{200000 + size + i}_react" for i in range(args.react)]
+        await latency(doc2, client2, jobs, op2.log_path, ids, f"  {size} stories: story in 2_current -> Job exists")
     finally:
-        for p in reversed(procs):
-            p.stop()
-        plane.stop()
+        op2.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stories", type=int, default=100)
-    parser.add_argument("--burst", type=int, default=300)
-    parser.add_argument("--big", type=int, default=10_000)
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--sizes", type=lambda text: [int(x) for x in text.split(",")], default=[10_000],
+                        help="document sizes (archived stories) for the initial sync, RSS, idle CPU and "
+                             "reaction time, e.g. 1000,10000,100000")
+    parser.add_argument("--react", type=int, default=20, help="stories timed one at a time at each size")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the operator is up")
+    parser.add_argument("--py-spy", metavar="PY_SPY", help="path of py-spy: sample the operator during the burst")
+    parser.add_argument("--py-spy-output", default="/tmp/huskies-burst-stacks.txt")
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle CPU measurement")
-    parser.add_argument("--settle", type=float, default=60.0,
+    parser.add_argument("--settle", type=float, default=30.0,
                         help="seconds to wait after the initial sync (kopf lists and replays every pod and Job)")
     args = parser.parse_args()
     asyncio.run(bench(args))

@@ -92,11 +92,17 @@ async def seed(url: str, count: int) -> None:
     async with client(doc, url) as writer:
         await writer.wait_synced(30)
         started = time.perf_counter()
-        doc.add_stories(story_entries(count))
-        built = time.perf_counter()
-        if not await writer.confirm(60):
-            raise SystemExit("seeding was not confirmed")
-        done = time.perf_counter()
+        entries = story_entries(count)
+        built = pushed = 0.0
+        for start in range(0, count, 10_000):  # in parts: one update stays under the rendezvous' update limit
+            part = time.perf_counter()
+            doc.add_stories(entries[start:start + 10_000])
+            built += time.perf_counter() - part
+            part = time.perf_counter()
+            if not await writer.confirm(60):
+                raise SystemExit("seeding was not confirmed")
+            pushed += time.perf_counter() - part
+        built, done = started + built, started + built + pushed
         state = len(doc.encode_update())
     print(f"seed {count} stories: build {ms(built - started)}, push + confirm {ms(done - built)}"
           f"  (document state {state / 2**20:.2f} MiB)")

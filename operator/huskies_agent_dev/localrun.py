@@ -67,7 +67,7 @@ FAST: dict[str, str] = {
 def start_operator(
     name: str, *, kubeconfig: str, namespace: str, rendezvous: str, log_dir: Path,
     env: dict[str, str] | None = None, fast: bool = True, log_level: str = "DEBUG",
-    python: str = sys.executable,
+    python: str = sys.executable, log_format: str = "text",
 ) -> tuple[Proc, int]:
     """Start ``huskies-agent operator``; ``fast`` applies the test-time settings in FAST."""
     port = free_port()
@@ -82,7 +82,7 @@ def start_operator(
         "HUSKIES_CLUSTER_NAME": name,
         **(env or {}),
     }
-    proc = Proc(name, [python, "-m", "huskies_agent", "--log-format", "text", "--log-level", log_level,
+    proc = Proc(name, [python, "-m", "huskies_agent", "--log-format", log_format, "--log-level", log_level,
                        "operator"], log_dir, full_env).start()
     return proc, port
 

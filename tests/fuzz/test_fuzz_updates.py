@@ -9,7 +9,7 @@ from tests.sync.hostile import nested_update, story_update
 
 from huskies_agent.pipeline.document import PipelineDoc
 from huskies_agent.sync import protocol
-from huskies_agent.sync.updates import UpdateRefused, inspect_update, update_problem
+from huskies_agent.sync.updates import UpdateRefused, _quickly_within, inspect_update, update_problem
 
 #: Real updates to mutate: stories with every field kind, a claim, a removal.
 _SEEDS = [
@@ -81,3 +81,30 @@ def test_the_issues_nested_values_are_refused_before_the_library_sees_them(depth
     update = nested_update(depth)
     assert update_problem(update) == "a value nested deeper than 256 levels"
     _apply_or_refuse(update)
+
+
+def _careful_walk_accepts(data: bytes) -> bool:
+    try:
+        inspect_update(data)
+    except UpdateRefused:
+        return False
+    return True
+
+
+@fuzz(1500)
+@given(st.one_of(mutated_updates(), st.binary(max_size=512)))
+def test_the_quick_walk_accepts_nothing_the_careful_walk_refuses(data: bytes) -> None:
+    if _quickly_within(data, 256):
+        assert _careful_walk_accepts(data)
+
+
+def test_the_quick_walk_accepts_real_documents_and_refuses_deep_values() -> None:
+    doc = PipelineDoc()
+    doc.add_stories([{"story_id": f"{i}_s", "stage": "2_current", "depends_on": ["0_s"], "name": "u" * i}
+                     for i in range(300)])
+    doc.claim("5_s", "n", 1.0)
+    doc.remove_story("7_s")
+    for update in (doc.encode_update(), *_SEEDS[:2]):
+        assert _quickly_within(update, 256) and _careful_walk_accepts(update)
+    assert not _quickly_within(nested_update(300), 256)
+    assert update_problem(nested_update(300)) == "a value nested deeper than 256 levels"

@@ -105,7 +105,8 @@ async def operate(settings: Any) -> int:
             reconnect_min=settings.reconnect_min_seconds, reconnect_max=settings.reconnect_max_seconds,
         )
         client.on_state(lambda connected: metrics.connected.set(1 if connected else 0))
-        export_sync_metrics(metrics, client.stats, lambda: client.synced, lambda: len(doc.encode_update()))
+        export_sync_metrics(metrics, client.stats, lambda: client.synced, lambda: len(doc.encode_update()),
+                            bytes_max_age=60.0)
         engine = Engine(settings, kube, doc, client, node_id, metrics, pods=kube)
         async with client:
             slot.engine = engine

@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 
 from huskies_agent import claims
 from huskies_agent.backoff import Backoff
 from huskies_agent.engine import lifecycle, node
 from huskies_agent.engine.context import Context
 from huskies_agent.engine.outcomes import ClaimLost, decide
+from huskies_agent.engine.timing import StartTiming
 from huskies_agent.k8s import objects
 from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.model import Claim, Story
 
 log = logging.getLogger("huskies_agent.engine")
 
-def reconcile(ctx: Context, story_ids: Iterable[str]) -> None:
-    """React to changed stories: stop lost runs, resume our own claims, claim new work."""
+def reconcile(ctx: Context, story_ids: Iterable[str], *, heard: float | None = None) -> None:
+    """React to changed stories: stop lost runs, resume our own claims, claim new work
+    (``heard``: when the first of these changes was applied, for the start timing)."""
     table = ctx.table
     stories = ctx.doc.stories
     candidates: list[Story] = []
@@ -39,7 +42,9 @@ def reconcile(ctx: Context, story_ids: Iterable[str]) -> None:
             continue
         if story.claim is not None:
             ctx.claimable_since.pop(sid, None)
-        if story.claimed_by == ctx.me and stages.is_active(story.stage) and not story.blocked:
+        if story.stage not in stages.ACTIVE_STAGES:
+            continue  # nothing to claim or resume (and not "claimable since" before it is active)
+        if story.claimed_by == ctx.me and not story.blocked:
             # Our claim without a run (restart between claim and Job, or a takeover
             # written by this node earlier): run it at that epoch.
             if ctx.free > 0:
@@ -48,10 +53,10 @@ def reconcile(ctx: Context, story_ids: Iterable[str]) -> None:
             continue
         candidates.append(story)
     if candidates:
-        _claim_candidates(ctx, candidates)
+        _claim_candidates(ctx, candidates, heard)
 
 
-def _claim_candidates(ctx: Context, candidates: list[Story]) -> None:
+def _claim_candidates(ctx: Context, candidates: list[Story], heard: float | None = None) -> None:
     table = ctx.table
     if not ctx.link_ready():
         # I4: no claim writes while cut off; the link coming back re-checks every story.
@@ -88,7 +93,7 @@ def _claim_candidates(ctx: Context, candidates: list[Story]) -> None:
         for sid in ids:
             ctx.claimable_since.pop(sid, None)
         table.claiming.update(ids)
-        ctx.spawn(_claim_batch(ctx, chosen, now), f"claim:{len(ids)}")
+        ctx.spawn(_claim_batch(ctx, chosen, now, StartTiming(heard=heard, decided=now)), f"claim:{len(ids)}")
 
 
 def _recheck_later(ctx: Context, story_ids: set[str], delay: float) -> None:
@@ -109,7 +114,7 @@ def _recheck_later(ctx: Context, story_ids: set[str], delay: float) -> None:
     ctx.spawn(wake(), "spread-recheck")
 
 
-async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
+async def _claim_batch(ctx: Context, chosen: list[Story], seen: float, timing: StartTiming) -> None:
     ids = [s.story_id for s in chosen]
     try:
         # The decision was made a loop turn ago: updates applied since (a live node's
@@ -127,10 +132,11 @@ async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
                 log.info("taking over story %s from dead node %s", s.story_id, s.claimed_by)
                 ctx.metrics.claims.labels("taken_over").inc()
         written = ctx.doc.claim_many([s.story_id for s in chosen], ctx.me, now)
+        timing.written = ctx.mono()
         written = await _confirmed(ctx, written)
         if not written:
             return
-        confirmed = ctx.mono()
+        confirmed = timing.confirmed = ctx.mono()
         if ctx.settings.claim_settle_seconds:
             await ctx.sleep(ctx.settings.claim_settle_seconds)
         starts = []
@@ -144,7 +150,8 @@ async def _claim_batch(ctx: Context, chosen: list[Story], seen: float) -> None:
                 continue
             ctx.metrics.claims.labels("won").inc()
             starts.append(objects.RunSpec(sid, stage, ctx.me, claim.epoch))
-        await asyncio.gather(*(lifecycle.start_run(ctx, spec, seen, confirmed=confirmed) for spec in starts))
+        await asyncio.gather(*(lifecycle.start_run(ctx, spec, seen, confirmed=confirmed, timing=replace(timing))
+                               for spec in starts))
     finally:
         ctx.table.claiming.difference_update(ids)
     node.claim_pause(ctx)  # what is in flight changed: the daily budget may be reached now

@@ -4,9 +4,10 @@ hooks that schedule work (spawned tasks, the dirty set that wakes the dispatcher
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,9 @@ from huskies_agent.pipeline.document import PipelineDoc
 from huskies_agent.settings import Settings
 
 log = logging.getLogger("huskies_agent.engine")
+
+#: Longest a status write or Event waits for the starts in progress (Context.followup).
+FOLLOWUP_DEFER_SECONDS = 10.0
 
 
 @dataclass
@@ -43,6 +47,8 @@ class Context:
     link: asyncio.Event = field(default_factory=asyncio.Event)
     #: Stories to look at on the next dispatch, and stories that waited for room.
     dirty: set[str] = field(default_factory=set)
+    #: Monotonic time of the first change marked dirty since the last dispatch (timing only).
+    dirty_since: float | None = None
     waiting: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -60,6 +66,35 @@ class Context:
     # Creating Jobs is the latency that matters; status patches and Events queue behind it.
     create_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
     followup_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
+    #: Starts queued or creating now; follow-ups wait for none (see :meth:`followup`).
+    starting: int = 0
+    starts_done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def start_begins(self) -> None:
+        self.starting += 1
+        self.starts_done.clear()
+
+    def start_ends(self) -> None:
+        self.starting -= 1
+        if self.starting <= 0:
+            self.starting = 0
+            self.starts_done.set()
+
+    @contextlib.asynccontextmanager
+    async def followup(self) -> AsyncIterator[None]:
+        """A slot for a status write or an Event, once the starts queued now are done.
+
+        The API server's CPU is what a burst waits for (bench/bench_operator.py: it uses
+        about half the machine then); a status patch or an Event is not needed for a story
+        to run, so during a burst they wait until the Jobs exist (at most
+        ``FOLLOWUP_DEFER_SECONDS``, so they never wait for ever).
+        """
+        if self.starting:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FOLLOWUP_DEFER_SECONDS):
+                    await self.starts_done.wait()
+        async with self.followup_slots:
+            yield
 
     @property
     def selector(self) -> str:
@@ -97,6 +132,8 @@ class Context:
 
     def mark_dirty(self, story_ids: Iterable[str]) -> None:
         self.dirty.update(story_ids)
+        if self.dirty_since is None:
+            self.dirty_since = self.mono()
         self.wake.set()
 
     def capacity_changed(self) -> None:

@@ -33,6 +33,7 @@ from huskies_agent.engine.outcomes import (
 )
 from huskies_agent.engine.phases import Phase
 from huskies_agent.engine.runs import Run
+from huskies_agent.engine.timing import StartTiming
 from huskies_agent.k8s import objects
 from huskies_agent.k8s.api import ApiException, is_conflict, is_not_found
 
@@ -49,20 +50,33 @@ def timeouts(ctx: Context) -> Timeouts:
 
 # ---------------------------------------------------------------------- starting
 
-async def start_run(ctx: Context, spec: objects.RunSpec, seen: float, *, confirmed: float | None = None) -> None:
+async def start_run(ctx: Context, spec: objects.RunSpec, seen: float, *, confirmed: float | None = None,
+                    timing: StartTiming | None = None) -> None:
     """Create the StoryJob and its Job (idempotent by name) for a confirmed claim
-    (``confirmed``: when the claim was confirmed, for the claim-to-running latency)."""
+    (``confirmed``: when the claim was confirmed, for the claim-to-running latency;
+    ``timing``: the claim's way so far, logged with the start)."""
+    ctx.start_begins()
+    try:
+        await _start(ctx, spec, seen, confirmed, timing or StartTiming())
+    finally:
+        ctx.start_ends()
+
+
+async def _start(ctx: Context, spec: objects.RunSpec, seen: float, confirmed: float | None,
+                 timing: StartTiming) -> None:
     sid = spec.story_id
     table = ctx.table
     failure: StartFailed | None = None
     gone = False
     async with table.locks[sid], ctx.create_slots:
+        timing.slot = ctx.mono()
         if sid in table.runs or sid in table.pending:
             return
         run = Run(spec=spec, started=seen, claimed_at=confirmed)
         table.runs[sid] = run
         try:
             sj, job_made = await _storyjob_for(ctx, spec)
+            timing.storyjob = ctx.mono()
             if sj is None:
                 table.runs.pop(sid, None)
                 return
@@ -78,7 +92,8 @@ async def start_run(ctx: Context, spec: objects.RunSpec, seen: float, *, confirm
                     if not is_conflict(exc):
                         raise
             run.job_created = True
-            ctx.metrics.claim_to_job.observe(ctx.mono() - seen)
+            timing.job = ctx.mono()
+            ctx.metrics.claim_to_job.observe(timing.job - seen)
         except Exception as exc:
             # Quota, a bad build setting (4xx) or a flaky API: give the story back, and
             # for a 4xx do not try it here again soon (others may have room).
@@ -88,7 +103,8 @@ async def start_run(ctx: Context, spec: objects.RunSpec, seen: float, *, confirm
     if failure is not None or gone:
         await end_run(ctx, run, decide(failure or JobGone(), timeouts=timeouts(ctx)))
         return
-    log.info("started story %s (stage %s, epoch %d) as job %s", sid, spec.stage, spec.epoch, spec.name)
+    log.info("started story %s (stage %s, epoch %d) as job %s", sid, spec.stage, spec.epoch, spec.name,
+             extra={"story": sid, **timing.log_fields()})
     ctx.spawn(_after_start(ctx, run), f"started:{sid}")
     # The claim may have been lost while we were creating objects.
     ctx.mark_dirty([sid])
@@ -132,7 +148,7 @@ async def _job_exists(ctx: Context, name: str) -> bool:
 
 async def _after_start(ctx: Context, run: Run) -> None:
     assert run.storyjob is not None
-    async with ctx.followup_slots:
+    async with ctx.followup():
         await patch_run_status(ctx, run, {"phase": Phase.PENDING.value, "jobName": run.spec.name,
                                           "jobCreated": True, "startedAt": iso(ctx.clock())})
         await ctx.kube.post_event(
@@ -145,7 +161,7 @@ async def mark_running(ctx: Context, run: Run) -> None:
     if run.phase is not Phase.PENDING:
         return
     run.phase = Phase.RUNNING
-    async with ctx.followup_slots:
+    async with ctx.followup():
         await patch_run_status(ctx, run, {"phase": Phase.RUNNING.value, "jobName": run.spec.name})
 
 
@@ -172,7 +188,10 @@ async def end_run(ctx: Context, run: Run, outcome: Outcome, *, seen: float | Non
                 run.ending = False
                 return False
             if seen is not None:
-                ctx.metrics.lost_to_deleted.observe(ctx.mono() - seen)
+                deleted = ctx.mono()
+                ctx.metrics.lost_to_deleted.observe(deleted - seen)
+                log.info("deleted job %s of story %s", run.spec.name, sid,
+                         extra={"story": sid, "t_decided": round(seen, 6), "t_deleted": round(deleted, 6)})
             ctx.metrics.jobs_deleted.labels(outcome.phase.value.lower()).inc()
         elif run.job_created:
             label = outcome.phase.value.lower()
@@ -287,7 +306,7 @@ async def note_condition(ctx: Context, run: Run, condition: conditions.Condition
         old = conditions.find(_seed(run), condition.type)
         if old is not None and (old.get("status"), old.get("reason")) == (condition.status.value, condition.reason):
             return
-        async with ctx.followup_slots:
+        async with ctx.followup():
             await _patch(ctx, run.spec.name, _with_conditions(ctx, run, {}, [condition]))
 
 

@@ -7,6 +7,8 @@ quarantined with a reason), and tells listeners what changed.
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -15,6 +17,7 @@ from typing import Any
 
 from pycrdt import Map, MapEvent, TransactionEvent
 
+from huskies_agent.pipeline import stages
 from huskies_agent.pipeline.model import (
     MalformedEntry,
     NodePresence,
@@ -55,6 +58,67 @@ UpdateListener = Callable[[bytes, bool], None]
 REMOTE_ORIGIN = "huskies-remote"
 
 
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    Reading a large update leaves tens of MB free inside the heap (the update, its JSON
+    text, the decoder's buffers): without this they stay in the process' RSS (about 150 MiB
+    after a 100,000-story initial sync, bench/bench_operator.py).
+    """
+    trim = _MALLOC_TRIM
+    if trim is not None:
+        trim(0)
+
+
+def _find_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim with
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+_DECODER = json.JSONDecoder()
+_WHITESPACE = " \t\n\r"
+
+
+def _entries(text: str) -> Iterable[tuple[str, Any]]:
+    """``(key, value)`` of a JSON object's text, decoded one entry at a time.
+
+    Raises ValueError where the text is not one JSON object (the caller then reads the
+    entries one by one instead).
+    """
+    end = len(text)
+
+    def skip(i: int) -> int:
+        while i < end and text[i] in _WHITESPACE:
+            i += 1
+        return i
+
+    i = skip(0)
+    if i >= end or text[i] != "{":
+        raise ValueError("not a JSON object")
+    i = skip(i + 1)
+    if i < end and text[i] == "}":
+        return
+    while True:
+        if i >= end or text[i] != '"':
+            raise ValueError(f"expected a key at {i}")
+        key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
+        i = skip(i)
+        if i >= end or text[i] != ":":
+            raise ValueError(f"expected ':' at {i}")
+        value, i = _DECODER.raw_decode(text, skip(i + 1))
+        yield key, value
+        i = skip(i)
+        if i < end and text[i] == ",":
+            i = skip(i + 1)
+            continue
+        if i < end and text[i] == "}":
+            return
+        raise ValueError(f"expected ',' or '}}' at {i}")
+
+
 class Projection:
     """Parsed stories and presence of ``_items``/``_nodes``; the subclass owns the document."""
 
@@ -64,10 +128,14 @@ class Projection:
 
     def _init_projection(self) -> None:
         self._stories: dict[str, Story] = {}
+        #: Ids of the stories in an active stage: what a full look at the pipeline needs to visit.
+        self._active: set[str] = set()
         self._malformed: dict[str, str] = {}
         self._presence: dict[str, NodePresence] = {}
         self._bad_nodes: dict[str, str] = {}
         self._listeners: list[Listener] = []
+        #: A bulk update's JSON text, the story ids it may have changed and its origin, until read.
+        self._pending: tuple[str, set[str], bool] | None = None
         self._update_listeners: list[UpdateListener] = []
 
     def _parse_into_projection(self, story_id: str, fields: Any = _UNREAD) -> None:
@@ -77,6 +145,7 @@ class Projection:
         ``malformed`` with a reason (logged once per distinct reason).
         """
         self._stories.pop(story_id, None)
+        self._active.discard(story_id)
         try:
             if fields is _UNREAD:
                 raw = self._items.get(story_id)
@@ -91,6 +160,8 @@ class Projection:
             return
         self._malformed.pop(story_id, None)
         self._stories[story_id] = story
+        if story.stage in stages.ACTIVE_STAGES:
+            self._active.add(story_id)
 
     def _decode(self, story_id: str, raw: Any) -> Any:
         """The plain value of one stored story, bounded by ``limits.max_entry_bytes``."""
@@ -117,20 +188,22 @@ class Projection:
         into[key] = reason
 
     def _parse_stories(self, story_ids: Iterable[str]) -> None:
-        ids = list(story_ids)
-        everything: Any = None
+        ids = story_ids if isinstance(story_ids, set | frozenset) else set(story_ids)
         if len(ids) > _BULK_PARSE:
-            # Many stories at once (initial sync, bulk import): read the whole map in one go.
-            # A hostile entry can make that fail; then each story is read on its own.
+            # Many stories at once (initial sync, bulk import): one JSON text of the whole map
+            # (a call into pycrdt per story costs more), decoded one entry at a time, so that
+            # only one story's plain value is alive at once, never the whole map's.
+            left = set(ids)
             try:
-                everything = json.loads(str(self._items))
+                for story_id, fields in _entries(str(self._items)):
+                    if story_id in left:
+                        left.discard(story_id)
+                        self._parse_into_projection(story_id, fields)
             except (ValueError, RecursionError, MemoryError):
-                everything = None
+                pass  # a hostile entry: read whatever is left one story at a time
+            ids = left
         for story_id in ids:
-            if isinstance(everything, dict):
-                self._parse_into_projection(story_id, everything.get(story_id))
-            else:
-                self._parse_into_projection(story_id)
+            self._parse_into_projection(story_id)
 
     def _parse_presence(self, node_id: str) -> None:
         self._presence.pop(node_id, None)
@@ -146,6 +219,57 @@ class Projection:
             return
         self._bad_nodes.pop(node_id, None)
         self._presence[node_id] = presence
+
+    def _reread_stories(self, *, remote: bool) -> None:
+        """Re-read every story (after an update applied without change events) and tell
+        listeners that all of them, and every one removed, may have changed."""
+        before = set(self._stories) | set(self._malformed)
+        now = set(self._items.keys())
+        self._parse_stories(now | before)
+        release_free_memory()
+        self._notify(Changes(stories=frozenset(now | before), remote=remote))
+
+    def _defer_reread(self, *, remote: bool) -> None:
+        """Like :meth:`_reread_stories`, but the stories are read by :meth:`catch_up`."""
+        before = set(self._stories) | set(self._malformed)
+        self._pending = (str(self._items), before | set(self._items.keys()), remote)
+
+    @property
+    def catching_up(self) -> bool:
+        """A bulk update's stories are not all read yet (see :meth:`catch_up`)."""
+        return self._pending is not None
+
+    async def catch_up(self, slice_size: int = 2000) -> None:
+        """Read the stories of a deferred bulk update, ``slice_size`` at a time, yielding to
+        the event loop between slices (a 100,000-story initial sync otherwise holds the
+        loop for seconds: long enough to miss a Lease renewal). Then tell listeners, once.
+
+        Nothing may change the stories meanwhile: the sync client reads no further frame
+        until this returns.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        text, ids, remote = pending
+        left = set(ids)
+        done = 0
+        try:
+            for story_id, fields in _entries(text):
+                if story_id in left:
+                    left.discard(story_id)
+                    self._parse_into_projection(story_id, fields)
+                    done += 1
+                    if done % slice_size == 0:
+                        await asyncio.sleep(0)
+        except (ValueError, RecursionError, MemoryError):
+            pass  # a hostile entry: read whatever is left one story at a time
+        finally:
+            # Also when cancelled between slices: no story is left unread.
+            del text
+            for story_id in left:
+                self._parse_into_projection(story_id)
+            release_free_memory()
+            self._notify(Changes(stories=frozenset(ids), remote=remote))
 
     def _refresh_all(self) -> None:
         self._parse_stories(self._items.keys())

@@ -106,6 +106,8 @@ def value_problem(value: object, limits: ParseLimits = DEFAULT_LIMITS) -> str | 
     ``max_string_length``, keys that are not strings, integers outside the safe
     range, non-finite numbers and types JSON cannot hold.
     """
+    if _plainly_within(value, limits):
+        return None
     stack: list[tuple[object, int]] = [(value, 1)]
     size = 0
     while stack:
@@ -143,6 +145,71 @@ def value_problem(value: object, limits: ParseLimits = DEFAULT_LIMITS) -> str | 
         else:
             stack.extend((child, depth + 1) for child in item)
     return None
+
+
+def _scalar_size(item: object, max_string: int) -> int:
+    """The size :func:`value_problem` counts for a plain scalar within limits; -1 for anything else."""
+    kind = type(item)
+    if kind is str:
+        n = len(item)  # type: ignore[arg-type]
+        return n + 8 if n <= max_string else -1
+    if item is None or kind is bool:
+        return 8
+    if kind is int:
+        return 8 if -MAX_SAFE_INT <= item <= MAX_SAFE_INT else -1  # type: ignore[operator]
+    if kind is float:
+        return 8 if math.isfinite(item) else -1  # type: ignore[arg-type]
+    return -1
+
+
+def _plainly_within(value: object, limits: ParseLimits) -> bool:
+    """The shape every well-behaved writer stores, checked in one pass: True only where
+    :func:`value_problem`'s walk finds no problem (same sizes, same bounds). An object of
+    scalars, lists of scalars and objects of scalars or lists of scalars (a claim entry
+    with its ``fails``), nested at most three levels. Anything else gets the full walk.
+
+    A story entry is read on every change and 100,000 of them at an initial sync: this
+    path is about five times faster than the general walk (bench/bench_operator.py).
+    """
+    if type(value) is not dict or limits.max_depth < 3:
+        return False
+    max_string = limits.max_string_length
+    size = 8
+    for key, child in value.items():
+        if type(key) is not str or len(key) > max_string:
+            return False
+        size += len(key)
+        part = _scalar_size(child, max_string)
+        if part < 0:
+            kind = type(child)
+            if kind is list:
+                part = 8
+                for element in child:
+                    element_size = _scalar_size(element, max_string)
+                    if element_size < 0:
+                        return False
+                    part += element_size
+            elif kind is dict:
+                part = 8
+                for inner_key, inner in child.items():
+                    if type(inner_key) is not str or len(inner_key) > max_string:
+                        return False
+                    part += len(inner_key)
+                    inner_size = _scalar_size(inner, max_string)
+                    if inner_size < 0:
+                        if type(inner) is not list:
+                            return False
+                        inner_size = 8
+                        for element in inner:
+                            element_size = _scalar_size(element, max_string)
+                            if element_size < 0:
+                                return False
+                            inner_size += element_size
+                    part += inner_size
+            else:
+                return False
+        size += part
+    return size <= limits.max_entry_bytes
 
 
 def as_int(value: object, *, default: int = 0) -> int:
@@ -199,7 +266,7 @@ def as_str(value: object, *, default: str = "") -> str:
 
 def parse_depends_on(value: object) -> tuple[str, ...]:
     """Dependencies: a list of story ids, or one string of ids separated by commas/spaces."""
-    if value is None or value == "":
+    if value is None or value == "" or (type(value) is list and not value):
         return ()
     if isinstance(value, str):
         parts = re.split(r"[,\s]+", value)

@@ -262,8 +262,18 @@ class SyncSession:
         """Handle one frame from the peer; raises :class:`ProtocolError` on bad input."""
         return self.handle(decode(frame))
 
-    def handle(self, message: Message) -> Received:
-        """Handle one decoded message from the peer (see :meth:`receive`)."""
+    def check(self, message: Message) -> None:
+        """Raise :class:`RefusedUpdate` if ``message`` carries an update this side must not
+        apply. Pure (no state): a caller may run it in a worker thread for a large update and
+        then pass ``checked=True`` to :meth:`handle`."""
+        if message.kind in (Kind.STEP2, Kind.UPDATE) and message.payload != EMPTY_UPDATE:
+            problem = update_problem(message.payload, max_depth=self._max_value_depth)
+            if problem is not None:
+                raise RefusedUpdate(f"refused update: {problem}")
+
+    def handle(self, message: Message, *, checked: bool = False) -> Received:
+        """Handle one decoded message from the peer (see :meth:`receive`); ``checked``: :meth:`check`
+        already passed for this very message."""
         kind = message.kind
         if kind is Kind.STEP1:
             try:
@@ -273,7 +283,7 @@ class SyncSession:
             self._answered_peer = True
             return Received(message, reply=reply)
         if kind is Kind.STEP2 or kind is Kind.UPDATE:
-            applied = self._apply(message.payload)
+            applied = self._apply(message.payload, checked=checked)
             if kind is Kind.UPDATE:
                 return Received(message, applied=applied)
             answered = self._tickets.popleft() if self._tickets else None
@@ -282,12 +292,12 @@ class SyncSession:
             return Received(message, applied=applied, answered=answered, synced_now=synced_now)
         return Received(message)
 
-    def _apply(self, update: bytes) -> bool:
+    def _apply(self, update: bytes, *, checked: bool = False) -> bool:
         if update == EMPTY_UPDATE:
             return False
         # Checked before the CRDT library decodes it: its decoder recurses in native
         # code, and a deep enough value kills the process instead of raising.
-        problem = update_problem(update, max_depth=self._max_value_depth)
+        problem = None if checked else update_problem(update, max_depth=self._max_value_depth)
         if problem is not None:
             raise RefusedUpdate(f"refused update: {problem}")
         try:
