@@ -115,6 +115,8 @@ class Recorded:
     at: float
     #: The script step that answered it ("" for an unscripted request).
     step: str = ""
+    #: Wall-clock arrival (time.time()), to line it up with other processes' logs.
+    wall: float = 0.0
 
 
 def request_text(body: Mapping[str, Any]) -> str:
@@ -248,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ answers
     def _record(self, body: dict[str, Any], step: str = "") -> Recorded:
         record = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
-                          body, time.monotonic(), step)
+                          body, time.monotonic(), step, time.time())
         with self.server.lock:
             self.server.requests.append(record)
         return record
@@ -265,13 +267,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _answer(self, body: Mapping[str, Any], reply: Reply) -> None:
-        if reply.delay:
-            time.sleep(reply.delay)
-        model = str(body.get("model") or MODEL)
-        if not body.get("stream"):
-            self._json(200, _message(reply, model))
+        if reply.delay and self.server.closing.wait(reply.delay):
+            self.close_connection = True  # the server is shutting down: drop a held-back answer
             return
-        self._stream(sse_events(reply, model))
+        model = str(body.get("model") or MODEL)
+        try:
+            if not body.get("stream"):
+                self._json(200, _message(reply, model))
+                return
+            self._stream(sse_events(reply, model))
+        except OSError:
+            self.close_connection = True  # the client went away while the reply was held back
 
     def _stream(self, events: Sequence[bytes], cut: bool = False) -> None:
         self.send_response(200)
@@ -337,16 +343,27 @@ class ModelServer(ThreadingHTTPServer):
     def __init__(self, script: Sequence[Step] = ()) -> None:
         super().__init__((HOST, 0), _Handler)
         self.lock = threading.Lock()
+        #: Set when the server stops: wakes replies held back by ``delay``.
+        self.closing = threading.Event()
         self.requests: list[Recorded] = []
         self.problems: list[str] = []
         self._steps: list[tuple[Step, str]] = []
+        self._used = 0
+        self.load(script)
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="model-server", daemon=True)
+
+    def load(self, script: Sequence[Step]) -> None:
+        """Play ``script`` from now on (what was left of the previous one is dropped); for a
+        server that outlives one run, e.g. one whose address was configured into an install."""
+        steps: list[tuple[Step, str]] = []
         for number, step in enumerate(script):
             repeat = step.times if isinstance(step, Fail) else 1
             label = f"{number}:{type(step).__name__.lower()}"
-            self._steps += [(step, label)] * repeat
-        self._used = 0
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="model-server", daemon=True)
+            steps += [(step, label)] * repeat
+        with self.lock:
+            self._steps = steps
+            self._used = 0
 
     @property
     def url(self) -> str:
@@ -399,6 +416,7 @@ class ModelServer(ThreadingHTTPServer):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self.closing.set()
         self.shutdown()
         self.server_close()
         self._thread.join(5)
