@@ -8,7 +8,7 @@ the chart installed so the operator and its build pods run there, and what the t
 ``install_chart``   ``helm install`` from the registry with the README quickstart's values (images,
                     rendezvous, repo URL, git and Anthropic Secrets) plus what only a test needs (the
                     scripted API's address for the agent, the real node's selector and taint, small
-                    requests): see :func:`test_values`.
+                    requests): see :func:`test_only_values`.
 ``PodTimeline``     a watch of the namespace's pods: when each was first seen, scheduled, Running, and
                     its last status (container exit codes and termination messages).
 """
@@ -136,7 +136,7 @@ def quickstart_sets(published: Published, rendezvous_url: str, repo_url: str) ->
     ]
 
 
-def test_values(node: str, model_port: int, extra_build: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def test_only_values(node: str, model_port: int, extra_build: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What only the test adds: the scripted API for the agent, the real node, small requests."""
     on_node = {
         "nodeSelector": {"kubernetes.io/hostname": node},
@@ -154,9 +154,6 @@ def test_values(node: str, model_port: int, extra_build: Mapping[str, Any] | Non
         **(extra_build or {}),
     }
     return {"replicaCount": 1, **on_node, "build": build}
-
-
-test_values.__test__ = False  # type: ignore[attr-defined]  # a helper, not a pytest test
 
 
 @dataclass
@@ -201,7 +198,7 @@ def install_chart(
             raise
     create_secrets(core, namespace)
     values = workdir / f"{release}-test-values.yaml"
-    values.write_text(yaml.safe_dump(test_values(node.name, model_port, extra_build)))
+    values.write_text(yaml.safe_dump(test_only_values(node.name, model_port, extra_build)))
     argv = ["install", release, published.chart_url, "--version", published.version, "--plain-http",
             "--namespace", namespace, "--wait=false", "-f", str(values)]
     for value in quickstart_sets(published, f"ws://{POD_GATEWAY}:{rendezvous.port}/crdt-sync", git_server.pod_url):
