@@ -330,12 +330,11 @@ def pod_log_lines(node: RealNode, namespace: str, pod: str, container: str) -> l
 
 def storyjob_table(api_client: Any, namespace: str) -> tuple[list[str], list[list[Any]]]:
     """What ``kubectl get storyjobs -o wide`` prints: the API server's Table of the CRD's columns."""
-    response = api_client.call_api(
-        f"/apis/huskies.dev/v1alpha1/namespaces/{namespace}/storyjobs", "GET",
-        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
-        _preload_content=False, auth_settings=["BearerToken"],
-    )
-    table = json.loads(response[0].data)
+    url = f"{api_client.configuration.host}/apis/huskies.dev/v1alpha1/namespaces/{namespace}/storyjobs"
+    response = api_client.call_api("GET", url, header_params={
+        "Accept": "application/json;as=Table;v=v1;g=meta.k8s.io", **api_client.default_headers})
+    response.read()
+    table = json.loads(response.data)
     columns = [c["name"] for c in table["columnDefinitions"]]
     return columns, [row["cells"] for row in table.get("rows") or []]
 
