@@ -139,8 +139,12 @@ def request_text(body: Mapping[str, Any]) -> str:
 
 
 def tool_results(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The tool_result blocks of the last user message of a request."""
-    messages = body.get("messages") or []
+    """The tool_result blocks of the last user message of a request.
+
+    Messages after it are skipped: with ``--max-budget-usd`` the CLI ends each request with a
+    ``system`` message of its own ("USD budget: $x/$y; $z remaining").
+    """
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") != "system"]
     if not messages or messages[-1].get("role") != "user":
         return []
     content = messages[-1].get("content")

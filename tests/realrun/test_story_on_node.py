@@ -119,6 +119,20 @@ def diagnose(custom: Any, pods: PodTimeline, node: RealNode, model: ModelServer,
     return "\n".join(out)
 
 
+def describe_requests(model: ModelServer) -> str:
+    """Each request the model server got: its step, and what the last message carried."""
+    out = [f"problems: {model.problems}"]
+    for r in list(model.requests):
+        messages = r.body.get("messages") or []
+        last = messages[-1] if messages else {}
+        content = last.get("content")
+        kinds = [b.get("type") for b in content if isinstance(b, dict)] if isinstance(content, list) else "text"
+        out.append(f"{r.method} {r.path} step={r.step!r} stream={r.body.get('stream')} "
+                   f"tools={len(r.body.get('tools') or [])} messages={len(messages)} "
+                   f"last={last.get('role')}:{kinds} {request_text(r.body)[-300:]!r}")
+    return "\n".join(out)
+
+
 def pod_of(pods: PodTimeline, sj: dict[str, Any]) -> PodRecord:
     job = sj["status"]["jobName"]
     found = pods.of_job(f"{job}-")
@@ -208,7 +222,7 @@ async def test_a_story_runs_end_to_end_on_real_pods(
 
     # The real CLI in the pod talked to the scripted API: the key from the Secret, the story's prompt,
     # its working directory the pod's checkout.
-    assert model.problems == [] and model.unused_steps == 0
+    assert model.problems == [] and model.unused_steps == 0, describe_requests(model)
     first = model.main_requests[0]
     assert first.headers.get("x-api-key") == ANTHROPIC_KEY
     prompt = request_text(first.body)
