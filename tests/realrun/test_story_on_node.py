@@ -254,11 +254,12 @@ async def test_a_lost_claim_stops_the_real_pod_and_its_work_never_lands(
                 raise AssertionError(f"{exc}\n{diagnose(custom, pods, real_node, model, CONTESTED)}") from None
             results = tool_results(model.main_requests[1].body)
             assert results and not results[0].get("is_error"), results  # the agent wrote loser.txt
+            await eventually(lambda: phase(storyjobs(custom, CONTESTED)[0]) == "Running", 30, what="StoryJob Running")
             [sj] = storyjobs(custom, CONTESTED)
-            assert phase(sj) == "Running"
             epoch, loser = int(sj["spec"]["epoch"]), sj["spec"]["node"]
             pod = pod_of(pods, sj)
-            assert pod.running and pod.last["spec"]["nodeName"] == NODE
+            await eventually(lambda: pod.running, 30, what="the pod Running")
+            assert pod.last["spec"]["nodeName"] == NODE
 
             # Another node takes the story over at a higher epoch (its own claim entry, docs/claims.md)
             # and its run pushes the branch. It pushes first here, so the order is certain: the loser
