@@ -358,8 +358,9 @@ class ModelServer(ThreadingHTTPServer):
                                         name="model-server", daemon=True)
 
     def load(self, script: Sequence[Step]) -> None:
-        """Play ``script`` from now on (what was left of the previous one is dropped); for a
-        server that outlives one run, e.g. one whose address was configured into an install."""
+        """Play ``script`` from now on, as a fresh server would: what was left of the previous
+        script, the recorded requests and problems are dropped. For a server that outlives one
+        run, e.g. one whose address was configured into an install."""
         steps: list[tuple[Step, str]] = []
         for number, step in enumerate(script):
             repeat = step.times if isinstance(step, Fail) else 1
@@ -368,6 +369,8 @@ class ModelServer(ThreadingHTTPServer):
         with self.lock:
             self._steps = steps
             self._used = 0
+            self.requests = []
+            self.problems = []
 
     @property
     def url(self) -> str:
