@@ -115,6 +115,8 @@ class Recorded:
     at: float
     #: The script step that answered it ("" for an unscripted request).
     step: str = ""
+    #: Wall-clock arrival (time.time()), to line it up with other processes' logs.
+    wall: float = 0.0
 
 
 def request_text(body: Mapping[str, Any]) -> str:
@@ -137,8 +139,12 @@ def request_text(body: Mapping[str, Any]) -> str:
 
 
 def tool_results(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The tool_result blocks of the last user message of a request."""
-    messages = body.get("messages") or []
+    """The tool_result blocks of the last user message of a request.
+
+    Messages after it are skipped: with ``--max-budget-usd`` the CLI ends each request with a
+    ``system`` message of its own ("USD budget: $x/$y; $z remaining").
+    """
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") != "system"]
     if not messages or messages[-1].get("role") != "user":
         return []
     content = messages[-1].get("content")
@@ -248,7 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ answers
     def _record(self, body: dict[str, Any], step: str = "") -> Recorded:
         record = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
-                          body, time.monotonic(), step)
+                          body, time.monotonic(), step, time.time())
         with self.server.lock:
             self.server.requests.append(record)
         return record
@@ -265,13 +271,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _answer(self, body: Mapping[str, Any], reply: Reply) -> None:
-        if reply.delay:
-            time.sleep(reply.delay)
-        model = str(body.get("model") or MODEL)
-        if not body.get("stream"):
-            self._json(200, _message(reply, model))
+        if reply.delay and self.server.closing.wait(reply.delay):
+            self.close_connection = True  # the server is shutting down: drop a held-back answer
             return
-        self._stream(sse_events(reply, model))
+        model = str(body.get("model") or MODEL)
+        try:
+            if not body.get("stream"):
+                self._json(200, _message(reply, model))
+                return
+            self._stream(sse_events(reply, model))
+        except OSError:
+            self.close_connection = True  # the client went away while the reply was held back
 
     def _stream(self, events: Sequence[bytes], cut: bool = False) -> None:
         self.send_response(200)
@@ -337,16 +347,30 @@ class ModelServer(ThreadingHTTPServer):
     def __init__(self, script: Sequence[Step] = ()) -> None:
         super().__init__((HOST, 0), _Handler)
         self.lock = threading.Lock()
+        #: Set when the server stops: wakes replies held back by ``delay``.
+        self.closing = threading.Event()
         self.requests: list[Recorded] = []
         self.problems: list[str] = []
         self._steps: list[tuple[Step, str]] = []
+        self._used = 0
+        self.load(script)
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="model-server", daemon=True)
+
+    def load(self, script: Sequence[Step]) -> None:
+        """Play ``script`` from now on, as a fresh server would: what was left of the previous
+        script, the recorded requests and problems are dropped. For a server that outlives one
+        run, e.g. one whose address was configured into an install."""
+        steps: list[tuple[Step, str]] = []
         for number, step in enumerate(script):
             repeat = step.times if isinstance(step, Fail) else 1
             label = f"{number}:{type(step).__name__.lower()}"
-            self._steps += [(step, label)] * repeat
-        self._used = 0
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="model-server", daemon=True)
+            steps += [(step, label)] * repeat
+        with self.lock:
+            self._steps = steps
+            self._used = 0
+            self.requests = []
+            self.problems = []
 
     @property
     def url(self) -> str:
@@ -399,6 +423,7 @@ class ModelServer(ThreadingHTTPServer):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self.closing.set()
         self.shutdown()
         self.server_close()
         self._thread.join(5)

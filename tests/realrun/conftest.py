@@ -10,19 +10,12 @@
 
 from __future__ import annotations
 
-import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from tests.chart.chartlib import CHART, Helm, find_helm_binary
+from tests.chart.chartlib import Helm, find_helm_binary
 from tests.realrun.artifacts import (
     IMAGES_SCRIPT,
     NODE_SCRIPT,
@@ -33,21 +26,11 @@ from tests.realrun.artifacts import (
 )
 from tests.realrun.node import RealNode, node_ready
 from tests.realrun.registry import Registry
+from tests.realrun.stack import Published, Rendezvous, publish, run_rendezvous
 
-OPERATOR_REPOSITORY = "huskies/huskies-agent"
-RUNNER_REPOSITORY = "huskies/huskies-agent-runner"
-CHART_NAMESPACE = "charts"
+__all__ = ["NODE", "Published", "Rendezvous"]
+
 NODE = "real-node-0"
-
-
-@dataclass(frozen=True)
-class Published:
-    registry: Registry
-    version: str  # the chart's version and appVersion: the images' tag
-    operator_image: str  # <host>/<repo>:<tag>
-    runner_image: str
-    chart_url: str  # oci://<host>/charts/huskies-agent
-    chart_digest: str
 
 
 @pytest.fixture(scope="session")
@@ -78,62 +61,13 @@ def realrun_helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
 def published(
     built_images: BuiltImages, registry: Registry, realrun_helm: Helm, tmp_path_factory: pytest.TempPathFactory,
 ) -> Published:
-    chart_meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    version = str(chart_meta["appVersion"])
-    assert version == str(chart_meta["version"]), "the images are tagged with the chart's appVersion"
-    operator_image = registry.push_archive(built_images.operator.archive, OPERATOR_REPOSITORY, version)
-    runner_image = registry.push_archive(built_images.runner.archive, RUNNER_REPOSITORY, version)
-
-    out = tmp_path_factory.mktemp("chart-package")
-    realrun_helm.run("package", str(CHART), "--destination", str(out))
-    package = out / f"{chart_meta['name']}-{chart_meta['version']}.tgz"
-    assert package.is_file(), f"helm package made no {package.name}"
-    pushed = realrun_helm.run("push", str(package), f"oci://{registry.host}/{CHART_NAMESPACE}", "--plain-http")
-    digest = re.search(r"Digest:\s*(sha256:[0-9a-f]{64})", pushed.stdout + pushed.stderr)
-    assert digest, f"helm push printed no digest: {pushed.stdout}{pushed.stderr}"
-    return Published(
-        registry, version, operator_image, runner_image,
-        f"oci://{registry.host}/{CHART_NAMESPACE}/{chart_meta['name']}", digest.group(1),
-    )
-
-
-@dataclass(frozen=True)
-class Rendezvous:
-    port: int
-    log: Path
+    return publish(built_images, registry, realrun_helm, tmp_path_factory.mktemp("chart-package"))
 
 
 @pytest.fixture(scope="session")
 def rendezvous(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rendezvous]:
-    work = tmp_path_factory.mktemp("rendezvous")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    log = work / "rendezvous.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "huskies_agent", "--log-format", "text", "rendezvous",
-             "--host", "127.0.0.1", "--port", str(port), "--db", str(work / "doc.sqlite")],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"rendezvous did not start: {log.read_text()}") from None
-                time.sleep(0.1)
-        yield Rendezvous(port, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with run_rendezvous(tmp_path_factory.mktemp("rendezvous")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -88,6 +88,14 @@ class RealNode:
             self._forwards.append(Forward(self.netns, port, host="0.0.0.0"))
         self._start_containerd()
 
+    def forward(self, port: int) -> None:
+        """One more host loopback port the node and its pods reach (at the bridge gateway too),
+        for servers a test starts after the node (the git server, the model API)."""
+        assert self.netns is not None, "start the node first"
+        if any(f.port == port for f in self._forwards):
+            return
+        self._forwards.append(Forward(self.netns, port, host="0.0.0.0"))
+
     def _nat_kubernetes_service(self, api_port: int) -> None:
         assert self.netns is not None
         proc = subprocess.run(self.netns.argv([

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.chart.chartlib import Helm
-from tests.realrun.conftest import OPERATOR_REPOSITORY, RUNNER_REPOSITORY, Published
+from tests.realrun.stack import OPERATOR_REPOSITORY, RUNNER_REPOSITORY, Published
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

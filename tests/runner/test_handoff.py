@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -110,6 +114,25 @@ def test_empty_dir_keeps_a_mount_point_and_removes_what_is_in_it(tmp_path: Path)
     handoff.empty_dir(root)
     assert root.is_dir() and list(root.iterdir()) == [] and tmp_path.exists()
     assert oct(root.stat().st_mode & 0o777) == oct(0o700)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory of another owner")
+def test_empty_dir_empties_a_mount_point_it_does_not_own() -> None:
+    # As a kubelet makes an emptyDir: root's, mode 0777; the git uid may empty it, not chmod it.
+    top = Path(tempfile.mkdtemp(prefix="huskies-emptydir-"))  # pytest's tmp_path is closed to other uids
+    try:
+        top.chmod(0o755)
+        root = top / "state"
+        (root / "old").mkdir(parents=True)
+        root.chmod(0o777)
+        os.chown(root / "old", 10002, 10002)
+        code = f"import pathlib, huskies_agent.runner.handoff as h; h.empty_dir(pathlib.Path({str(root)!r}))"
+        done = subprocess.run(["setpriv", "--reuid=10002", "--regid=10002", "--clear-groups", "--", sys.executable,
+                               "-c", code], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert list(root.iterdir()) == [] and oct(root.stat().st_mode & 0o777) == oct(0o777)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.mark.parametrize(("report", "expected"), [

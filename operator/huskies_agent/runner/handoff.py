@@ -228,7 +228,12 @@ def _type_ok(value: object, hint: str) -> bool:
 
 
 def empty_dir(path: Path, mode: int = 0o700) -> None:
-    """Make ``path`` an empty directory; a mount point (an emptyDir) is emptied, not removed."""
+    """Make ``path`` an empty directory; a mount point (an emptyDir) is emptied, not removed.
+
+    ``mode`` is set when this uid owns the directory. A kubelet makes an emptyDir's mount point
+    root's, mode 0777 (the pod sets no fsGroup, k8s/buildpod.py), and only its owner may chmod it:
+    such a directory keeps its mode, and what keeps it private is which containers mount it.
+    """
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         path.unlink()
     path.mkdir(parents=True, exist_ok=True)
@@ -238,4 +243,5 @@ def empty_dir(path: Path, mode: int = 0o700) -> None:
         else:
             with contextlib.suppress(FileNotFoundError):
                 child.unlink()
-    path.chmod(mode)
+    if path.stat().st_uid == os.geteuid():
+        path.chmod(mode)
