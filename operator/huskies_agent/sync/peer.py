@@ -17,10 +17,10 @@ class Overflow(Exception):
 class Peer:
     """One connected client: its protocol session and the frames waiting to be written to it.
 
-    The outbox is bounded in bytes (``max_outbox_bytes``), counting the queued frames
-    and the one being written. A frame that would pass the bound drops the client
-    (the queue is freed at once), except that one frame is always accepted when
-    nothing is pending, so a document larger than the bound can still be synced.
+    The outbox is bounded in bytes (``max_outbox_bytes``), counting the frames queued behind
+    the oldest one (the frame being written, or the next): a frame that would pass the bound
+    drops the client (the queue is freed at once). The oldest frame is not counted, so a
+    document larger than the bound can be synced while the others keep writing.
     """
 
     def __init__(
@@ -34,6 +34,8 @@ class Peer:
         self._pending = 0
         self._ready = asyncio.Event()
         self._overflowed = asyncio.Event()
+        #: Size of the frame the write loop is sending now (0 when idle).
+        self._in_flight = 0
         #: Writes this client had to wait for (over its rate); logged once per connection.
         self.throttled = 0
 
@@ -50,7 +52,11 @@ class Peer:
         """Queue ``frame``; overflowing the outbox drops the client."""
         if self._overflowed.is_set():
             return
-        if self._pending and self._pending + len(frame) > self.max_outbox_bytes:
+        # The oldest frame (being written, or next) is not held against the limit: a whole-document
+        # STEP2 larger than the outbox must not get its reader dropped by the first small update
+        # queued behind it while it downloads (the module's bound: the outbox plus one frame).
+        head = self._in_flight or (len(self._outbox[0]) if self._outbox else 0)
+        if self._pending and self._pending - head + len(frame) > self.max_outbox_bytes:
             self._overflowed.set()
             self._outbox.clear()
             self._pending = 0
@@ -66,9 +72,11 @@ class Peer:
                 self._ready.clear()
                 await self._ready.wait()
             frame = self._outbox.popleft()
+            self._in_flight = len(frame)
             try:
                 await self.ws.send(frame)
             finally:
+                self._in_flight = 0
                 if not self._overflowed.is_set():
                     self._pending -= len(frame)
 
