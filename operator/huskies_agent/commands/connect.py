@@ -12,13 +12,15 @@ The token is never taken on the command line (it would show in ``ps`` and shell 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from huskies_agent.settings import Settings, SettingsError
 
@@ -135,6 +137,22 @@ def connection_parent() -> argparse.ArgumentParser:
 
 def target_from(args: argparse.Namespace) -> Target:
     return resolve_target(url=args.url, token_file=args.token_file, config=args.config)
+
+
+def run_command(body: Callable[[argparse.Namespace], Coroutine[Any, Any, str]], args: argparse.Namespace) -> int:
+    """Run one command's coroutine: print its output; errors as one line (exit 2 usage, 1 otherwise)."""
+    quiet_sync_logs()
+    try:
+        output = asyncio.run(body(args))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if output:
+        print(output)
+    return 0
 
 
 def quiet_sync_logs() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from huskies_agent.commands.connect import (
     CommandError,
     UsageError,
     add_connection_options,
-    quiet_sync_logs,
+    run_command,
     synced,
     target_from,
 )
@@ -106,16 +105,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    quiet_sync_logs()
-    try:
-        print(asyncio.run(_run(args)))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except CommandError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(_run, args)
 
 
 async def _run(args: argparse.Namespace) -> str:

@@ -17,8 +17,6 @@ during the watch) or when the watch was shorter than one presence interval, unle
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 import time
 
 from huskies_agent.commands import views
@@ -27,7 +25,7 @@ from huskies_agent.commands.connect import (
     UsageError,
     add_connection_options,
     confirm,
-    quiet_sync_logs,
+    run_command,
     synced,
     target_from,
 )
@@ -57,16 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    quiet_sync_logs()
-    try:
-        print(asyncio.run(_run(args)))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except CommandError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(_run, args)
 
 
 async def _run(args: argparse.Namespace) -> str:

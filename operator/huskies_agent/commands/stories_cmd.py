@@ -9,19 +9,16 @@ Exit status: 0 done, 1 failed (unreachable rendezvous, unknown story, unconfirme
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 import time
 from typing import TYPE_CHECKING
 
 from huskies_agent.commands import views
 from huskies_agent.commands.connect import (
     CommandError,
-    UsageError,
     add_connection_options,
     confirm,
     connection_parent,
-    quiet_sync_logs,
+    run_command,
     synced,
     target_from,
 )
@@ -66,18 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    quiet_sync_logs()
-    try:
-        output = asyncio.run(_run(args))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except CommandError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if output:
-        print(output)
-    return 0
+    return run_command(_run, args)
 
 
 async def _run(args: argparse.Namespace) -> str:
