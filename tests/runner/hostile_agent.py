@@ -43,7 +43,11 @@ cat
 
 def record(name: str, data: object) -> None:
     path = LOOT / f"{name}-{os.getpid()}.json"
-    path.write_text(json.dumps(data, default=str))
+    # Whole or not at all: the runner's reaper may kill the lurker mid-write, and a truncated
+    # record would read as "saw nothing" (a flake seen in CI under load).
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, default=str))
+    os.replace(tmp, path)
 
 
 def read(path: str | Path, limit: int = MAX_FILE) -> str | None:
