@@ -61,8 +61,9 @@ class RunTable:
 
     @property
     def busy(self) -> int:
-        """Capacity in use: runs plus claims being confirmed."""
-        return len(self.runs) + len(self.claiming)
+        """Capacity in use: stories with a run or a claim being confirmed, each once (a story
+        moves from ``claiming`` to ``runs`` and is briefly in both)."""
+        return len(self.runs) + len(self.claiming.difference(self.runs))
 
     def get(self, story_id: str) -> Run | None:
         return self.runs.get(story_id)

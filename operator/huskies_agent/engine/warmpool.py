@@ -41,14 +41,7 @@ class WarmPool:
         ctx = self.ctx
         held = ctx.node.paused(ctx.mono()) is not None or ctx.node.budget_reached
         return pool.desired(warm_slots=ctx.settings.build.warm_slots, max_concurrent=ctx.settings.max_concurrent,
-                            busy=self.in_flight(), draining=self.draining or held)
-
-    def in_flight(self) -> int:
-        """Stories this node claims or runs, each once: a story moves from ``claiming`` to ``runs``
-        and is briefly in both (``RunTable.busy`` then counts it twice, which would shrink the pool
-        for an instant and delete the very placeholder the story's pod is about to preempt)."""
-        table = self.ctx.table
-        return len(set(table.runs) | set(table.claiming))
+                            busy=ctx.table.busy, draining=self.draining or held)
 
     async def run(self) -> None:
         """Reconcile until cancelled."""

@@ -202,14 +202,15 @@ async def test_placeholder_events_do_not_reach_the_run_observer(make_engine: Any
 
 
 async def test_a_story_moving_from_claiming_to_running_counts_once(make_engine: Any) -> None:
-    """While a story is in both ``claiming`` and ``runs`` the pool does not shrink (it would delete
-    the placeholder the story's pod is about to preempt; seen in tests/e2e/test_warm_slots.py)."""
+    """While a story is in both ``claiming`` and ``runs`` it counts once (``RunTable.busy``), so the
+    pool does not shrink (it would delete the placeholder the story's pod is about to preempt;
+    seen in tests/e2e/test_warm_slots.py) and claiming sees no less room."""
     h = warm_harness(make_engine, slots=1, max_concurrent=2)
     await h.engine.start()
     await pool(h).reconcile()
     (name,) = placeholders(h)
     await add(h, "1_a")
     h.engine.ctx.table.claiming.add("1_a")
-    assert h.engine.ctx.table.busy == 2
+    assert h.engine.ctx.table.busy == 1  # the story counts once, for claiming and the pool alike
     await pool(h).reconcile()
     assert list(placeholders(h)) == [name]
