@@ -12,7 +12,7 @@ Prints, with the machine it ran on:
     namespace with containerd, then ``--pulls`` pulls of the runner image from the registry through
     the namespace's loopback forward (each into an empty containerd) and a first run of ``claude
     --version`` from it, read-only.
-The story-to-first-model-request latency on the real node is not measured yet (see the README).
+The story-to-first-model-request latency on the real node is bench/bench_realrun_story.py.
 """
 
 from __future__ import annotations
